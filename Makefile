@@ -1,0 +1,58 @@
+# Rosetta: everything a new machine needs, in two commands (see README.md):
+#   make demo   set up (Python env with libtorch, model zoo, release build) and run the main job
+#   make test   set up and run the whole test suite (Python + Rust)
+# Every step is idempotent: a second run skips what is already done.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+export ROSETTA_HOME ?= $(HOME)/.cache/rosetta
+export ROSETTA_MODELS ?= $(ROSETTA_HOME)/models
+VENV := $(ROSETTA_HOME)/venv
+PY := $(VENV)/bin/python
+CARGO ?= cargo
+# Zoo models fetched by default (`make models ZOO="smollm2-135m-instruct"` for fewer).
+ZOO ?= smollm2-135m-instruct gemma3-270m qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct
+# Models whose HF reference outputs the parity tests read.
+REFERENCE_MODELS ?= smollm2-135m-instruct gemma3-270m qwen2.5-coder-0.5b-instruct
+
+.PHONY: demo test setup models references build lint fmt clean-build help
+
+help:
+	@echo "make demo    set up everything and run the demo"
+	@echo "make test    set up everything and run all tests"
+	@echo "make models  fetch, verify and convert the model zoo ($(ROSETTA_MODELS))"
+	@echo "make lint    cargo fmt --check and clippy -D warnings"
+
+setup:
+	@./scripts/setup-python.sh
+
+models: setup
+	@echo "[models] zoo: $(ZOO)"
+	@$(PY) scripts/zoo.py fetch $(ZOO)
+
+references: models
+	@for m in $(REFERENCE_MODELS); do \
+	  $(PY) scripts/hf_reference.py --model "$(ROSETTA_MODELS)/$$m" \
+	    --out "$(ROSETTA_HOME)/reference/$$m.safetensors" --skip-if-current; \
+	done
+
+build: setup
+	@echo "[build] cargo build --release (the first build compiles libtorch bindings: several minutes)"
+	@$(CARGO) build --release --workspace --all-targets
+
+demo: models build
+	@$(CARGO) run --release --quiet --example demo
+
+test: references build
+	@echo "[test] python tests"
+	@$(PY) -m unittest discover -s tests/python -v
+	@echo "[test] rust tests"
+	@$(CARGO) test --release --workspace --all-targets
+	@$(CARGO) test --release --workspace --doc
+
+lint: setup
+	@$(CARGO) fmt --all -- --check
+	@$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+fmt:
+	@$(CARGO) fmt --all

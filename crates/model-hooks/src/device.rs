@@ -1,0 +1,99 @@
+//! Device selection and facts about the linked libtorch.
+
+use crate::error::{HookError, Result};
+use tch::Device;
+
+/// Environment variable that overrides the device Rosetta picks: `cpu`, `cuda`, `cuda:N` or `auto`.
+pub const DEVICE_ENV: &str = "ROSETTA_DEVICE";
+
+/// Parse a device string: `cpu`, `cuda` (= `cuda:0`), `cuda:N`, or `auto` (CUDA when available, else CPU).
+///
+/// Asking for CUDA on a machine without a usable GPU is an error, not a silent fallback.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let s = spec.trim().to_ascii_lowercase();
+    let device = match s.as_str() {
+        "auto" | "" => return Ok(Device::cuda_if_available()),
+        "cpu" => Device::Cpu,
+        "cuda" | "gpu" => Device::Cuda(0),
+        _ => match s.strip_prefix("cuda:") {
+            Some(n) => Device::Cuda(n.parse().map_err(|_| HookError::Device(spec.to_string()))?),
+            None => return Err(HookError::Device(spec.to_string())),
+        },
+    };
+    if let Device::Cuda(i) = device {
+        let count = tch::Cuda::device_count();
+        if i as i64 >= count {
+            return Err(HookError::InvalidInput(format!(
+                "device {spec:?} requested but libtorch sees {count} CUDA device(s)"
+            )));
+        }
+    }
+    Ok(device)
+}
+
+/// The device Rosetta uses by default: `$ROSETTA_DEVICE` if set, else CUDA when available, else CPU.
+pub fn default_device() -> Result<Device> {
+    match std::env::var(DEVICE_ENV) {
+        Ok(spec) => parse_device(&spec),
+        Err(_) => Ok(Device::cuda_if_available()),
+    }
+}
+
+/// Human-readable name of a device (`cpu`, `cuda:0`).
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Mps => "mps".to_string(),
+        Device::Vulkan => "vulkan".to_string(),
+    }
+}
+
+/// Facts about the libtorch this binary was built against.
+#[derive(Debug, Clone)]
+pub struct LibtorchInfo {
+    /// Version of the PyTorch package libtorch came from, e.g. `2.13.0+cu130`.
+    pub version: &'static str,
+    /// Directory holding `libtorch.so` at build time (also the binary's rpath).
+    pub lib_dir: &'static str,
+    /// Whether libtorch can use CUDA on this machine.
+    pub cuda_available: bool,
+    /// Number of CUDA devices visible.
+    pub cuda_devices: i64,
+    /// Intra-op CPU threads libtorch uses.
+    pub cpu_threads: i32,
+}
+
+/// Report the linked libtorch and what it can see.
+pub fn libtorch_info() -> LibtorchInfo {
+    LibtorchInfo {
+        version: env!("ROSETTA_LIBTORCH_VERSION"),
+        lib_dir: env!("ROSETTA_LIBTORCH_LIB"),
+        cuda_available: tch::Cuda::is_available(),
+        cuda_devices: tch::Cuda::device_count(),
+        cpu_threads: tch::get_num_threads(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_strings() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert_eq!(parse_device(" CPU ").unwrap(), Device::Cpu);
+        assert!(matches!(parse_device("tpu"), Err(HookError::Device(_))));
+        assert!(matches!(parse_device("cuda:x"), Err(HookError::Device(_))));
+        if !tch::Cuda::is_available() {
+            assert!(parse_device("cuda:0").is_err());
+            assert_eq!(parse_device("auto").unwrap(), Device::Cpu);
+        }
+    }
+
+    #[test]
+    fn libtorch_version_is_recorded() {
+        let info = libtorch_info();
+        assert!(info.version.starts_with("2.13.0"), "{}", info.version);
+    }
+}

@@ -1,0 +1,676 @@
+//! The decoder: one implementation for every family, driven by [`ArchSpec`].
+//!
+//! References: HF transformers `models/{llama,qwen2,qwen3,gemma,gemma2,gemma3}/modeling_*.py` (eager
+//! attention path). Struct fields carry HF's tensor names so checkpoints load without renaming tables.
+//! Where the families differ the spec says how; the comments say why a line differs from Llama.
+
+use crate::batch::Batch;
+use crate::cache::KvCache;
+use crate::config::{ArchSpec, AttentionKind};
+use crate::error::{HookError, Result};
+use crate::hooks::{run_point, HookContext, HookPoint, Hooks};
+use crate::numerics::{
+    activate, apply_rope, attention_mask, rope_cos_sin, rope_inv_freq, softcap, RmsNorm,
+};
+use crate::weights::{LoadReport, SafetensorsSet};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// How attention scores are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionImpl {
+    /// libtorch's fused `scaled_dot_product_attention` (fast); families with attention softcapping fall
+    /// back to eager.
+    #[default]
+    Sdpa,
+    /// HF's eager path, op for op: `softmax(q kᵀ · scale [softcap] + mask)` in f32, then `· v`.
+    Eager,
+}
+
+/// Where and how to load a model.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Device for weights and activations.
+    pub device: Device,
+    /// Dtype of weights and activations (f32, bf16 or f16).
+    pub kind: Kind,
+    /// Attention implementation.
+    pub attention: AttentionImpl,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            kind: Kind::Float,
+            attention: AttentionImpl::Sdpa,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Set the device.
+    pub fn with_device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+    /// Set the dtype.
+    pub fn with_kind(mut self, kind: Kind) -> Self {
+        self.kind = kind;
+        self
+    }
+    /// Set the attention implementation.
+    pub fn with_attention(mut self, attention: AttentionImpl) -> Self {
+        self.attention = attention;
+        self
+    }
+}
+
+/// `y = x Wᵀ + b`.
+#[derive(Debug)]
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+    }
+}
+
+#[derive(Debug)]
+#[allow(clippy::struct_field_names)]
+struct SelfAttn {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    /// Qwen3 / Gemma 3: RMSNorm over each head's queries and keys before RoPE.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+}
+
+#[derive(Debug)]
+#[allow(clippy::struct_field_names)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+#[derive(Debug)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    /// Llama/Qwen/Gemma: the pre-MLP norm. Gemma 2/3: a post-norm of the attention branch (the pre-MLP norm
+    /// is then `pre_feedforward_layernorm`).
+    post_attention_layernorm: RmsNorm,
+    pre_feedforward_layernorm: Option<RmsNorm>,
+    post_feedforward_layernorm: Option<RmsNorm>,
+    self_attn: SelfAttn,
+    mlp: Mlp,
+}
+
+/// What a forward pass returns.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// Captured activations, in capture order (a point captured twice appears twice).
+    pub captures: Vec<(HookPoint, Tensor)>,
+    /// The activation at the last point computed (`[B, T, d]`, or `[B, T, vocab]` when logits ran).
+    pub last: Tensor,
+    /// The point `last` was taken at.
+    pub last_point: HookPoint,
+}
+
+impl ForwardOutput {
+    /// The (first) capture at `point`.
+    pub fn captured(&self, point: HookPoint) -> Option<&Tensor> {
+        self.captures
+            .iter()
+            .find(|(p, _)| *p == point)
+            .map(|(_, t)| t)
+    }
+
+    /// Logits `[B, T, vocab]` if the pass ran the LM head.
+    pub fn logits(&self) -> Option<&Tensor> {
+        (self.last_point == HookPoint::Logits).then_some(&self.last)
+    }
+}
+
+/// Inputs of one pass over new tokens (a whole batch, or one decoding step).
+pub(crate) struct StepInput<'a> {
+    pub input_ids: &'a Tensor,
+    pub position_ids: &'a Tensor,
+    pub valid: &'a Tensor,
+    pub prompt_lengths: &'a Tensor,
+    pub decode_step: Option<usize>,
+    /// Compute logits only at the last index (generation).
+    pub last_logits_only: bool,
+}
+
+/// A loaded decoder-only language model.
+#[derive(Debug)]
+pub struct Model {
+    spec: ArchSpec,
+    dir: PathBuf,
+    options: LoadOptions,
+    report: LoadReport,
+    embed_tokens: Tensor,
+    /// Shares storage with `embed_tokens` when tied.
+    lm_head: Tensor,
+    norm: RmsNorm,
+    layers: Vec<DecoderLayer>,
+    /// One inverse-frequency table per distinct RoPE of the spec, f32.
+    inv_freqs: Vec<Tensor>,
+}
+
+/// Every tensor the architecture needs, with its shape.
+pub fn expected_tensors(spec: &ArchSpec) -> Vec<(String, Vec<i64>)> {
+    let p = &spec.weight_prefix;
+    let (d, hd, i) = (spec.hidden_size, spec.head_dim, spec.intermediate_size);
+    let (q, kv) = (spec.num_heads * hd, spec.num_kv_heads * hd);
+    let mut v = vec![
+        (format!("{p}embed_tokens.weight"), vec![spec.vocab_size, d]),
+        (format!("{p}norm.weight"), vec![d]),
+    ];
+    for l in 0..spec.num_layers {
+        let lp = format!("{p}layers.{l}.");
+        let mut lin = |name: &str, out: i64, inp: i64, bias: bool| {
+            v.push((format!("{lp}{name}.weight"), vec![out, inp]));
+            if bias {
+                v.push((format!("{lp}{name}.bias"), vec![out]));
+            }
+        };
+        lin("self_attn.q_proj", q, d, spec.qkv_bias);
+        lin("self_attn.k_proj", kv, d, spec.qkv_bias);
+        lin("self_attn.v_proj", kv, d, spec.qkv_bias);
+        lin("self_attn.o_proj", d, q, spec.o_bias);
+        lin("mlp.gate_proj", i, d, spec.mlp_bias);
+        lin("mlp.up_proj", i, d, spec.mlp_bias);
+        lin("mlp.down_proj", d, i, spec.mlp_bias);
+        let mut norms = vec!["input_layernorm", "post_attention_layernorm"];
+        if spec.sandwich_norms {
+            norms.extend(["pre_feedforward_layernorm", "post_feedforward_layernorm"]);
+        }
+        for n in norms {
+            v.push((format!("{lp}{n}.weight"), vec![d]));
+        }
+        if spec.qk_norm {
+            v.push((format!("{lp}self_attn.q_norm.weight"), vec![hd]));
+            v.push((format!("{lp}self_attn.k_norm.weight"), vec![hd]));
+        }
+    }
+    v
+}
+
+impl Model {
+    /// Load a Hugging Face checkpoint directory (`config.json` + `model.safetensors` or a sharded index).
+    ///
+    /// Fails with the names of missing or mis-shaped tensors; tensors the architecture does not use are
+    /// listed in [`Model::load_report`].
+    pub fn load(dir: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        if !matches!(
+            options.kind,
+            Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double
+        ) {
+            return Err(HookError::invalid(format!(
+                "unsupported model dtype {:?} (f32, bf16, f16)",
+                options.kind
+            )));
+        }
+        let spec = ArchSpec::from_file(&dir.join("config.json"))?;
+        let weights = SafetensorsSet::open_checkpoint(dir)?;
+        let mut report = LoadReport::default();
+        let mut expected = expected_tensors(&spec);
+        let lm_head_stored = weights.contains("lm_head.weight");
+        if !spec.tie_word_embeddings {
+            if lm_head_stored {
+                expected.push((
+                    "lm_head.weight".into(),
+                    vec![spec.vocab_size, spec.hidden_size],
+                ));
+            } else {
+                report.lm_head_tied_by_absence = true;
+            }
+        }
+        for (name, shape) in &expected {
+            match weights.meta(name) {
+                None => report.missing.push(name.clone()),
+                Some(m) if &m.shape != shape => report.mismatched.push(format!(
+                    "{name} in {}: expected {shape:?}, found {:?}",
+                    m.file.display(),
+                    m.shape
+                )),
+                Some(_) => {}
+            }
+        }
+        let known: std::collections::HashSet<&str> =
+            expected.iter().map(|(n, _)| n.as_str()).collect();
+        report.unexpected = weights
+            .names()
+            .into_iter()
+            .filter(|n| !known.contains(n) && !(spec.tie_word_embeddings && *n == "lm_head.weight"))
+            .map(String::from)
+            .collect();
+        if !report.missing.is_empty() {
+            let file = dir.join("model.safetensors");
+            let missing = report
+                .missing
+                .iter()
+                .map(|n| format!("{n} (expected in {})", file.display()))
+                .collect();
+            return Err(HookError::MissingTensors {
+                dir: dir.to_path_buf(),
+                missing,
+            });
+        }
+        if !report.mismatched.is_empty() {
+            return Err(HookError::ShapeMismatch {
+                dir: dir.to_path_buf(),
+                mismatched: report.mismatched.clone(),
+            });
+        }
+
+        let (kind, device) = (options.kind, options.device);
+        let load = |name: &str| weights.load(name, Some(kind), device);
+        let p = spec.weight_prefix.clone();
+        let gemma = spec.norm_weight_offset;
+        let norm =
+            |name: &str| -> Result<RmsNorm> { RmsNorm::new(load(name)?, gemma, spec.rms_norm_eps) };
+        let linear = |name: &str, bias: bool| -> Result<Linear> {
+            Ok(Linear {
+                weight: load(&format!("{name}.weight"))?,
+                bias: if bias {
+                    Some(load(&format!("{name}.bias"))?)
+                } else {
+                    None
+                },
+            })
+        };
+        let mut layers = Vec::with_capacity(spec.num_layers);
+        for l in 0..spec.num_layers {
+            let lp = format!("{p}layers.{l}.");
+            let opt_norm = |name: &str, on: bool| -> Result<Option<RmsNorm>> {
+                if on {
+                    Ok(Some(norm(&format!("{lp}{name}.weight"))?))
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(DecoderLayer {
+                input_layernorm: norm(&format!("{lp}input_layernorm.weight"))?,
+                post_attention_layernorm: norm(&format!("{lp}post_attention_layernorm.weight"))?,
+                pre_feedforward_layernorm: opt_norm(
+                    "pre_feedforward_layernorm",
+                    spec.sandwich_norms,
+                )?,
+                post_feedforward_layernorm: opt_norm(
+                    "post_feedforward_layernorm",
+                    spec.sandwich_norms,
+                )?,
+                self_attn: SelfAttn {
+                    q_proj: linear(&format!("{lp}self_attn.q_proj"), spec.qkv_bias)?,
+                    k_proj: linear(&format!("{lp}self_attn.k_proj"), spec.qkv_bias)?,
+                    v_proj: linear(&format!("{lp}self_attn.v_proj"), spec.qkv_bias)?,
+                    o_proj: linear(&format!("{lp}self_attn.o_proj"), spec.o_bias)?,
+                    q_norm: opt_norm("self_attn.q_norm", spec.qk_norm)?,
+                    k_norm: opt_norm("self_attn.k_norm", spec.qk_norm)?,
+                },
+                mlp: Mlp {
+                    gate_proj: linear(&format!("{lp}mlp.gate_proj"), spec.mlp_bias)?,
+                    up_proj: linear(&format!("{lp}mlp.up_proj"), spec.mlp_bias)?,
+                    down_proj: linear(&format!("{lp}mlp.down_proj"), spec.mlp_bias)?,
+                },
+            });
+        }
+        let embed_tokens = load(&format!("{p}embed_tokens.weight"))?;
+        let lm_head = if spec.tie_word_embeddings || report.lm_head_tied_by_absence {
+            embed_tokens.shallow_clone()
+        } else {
+            load("lm_head.weight")?
+        };
+        let inv_freqs = spec
+            .ropes
+            .iter()
+            .map(|r| rope_inv_freq(r, spec.head_dim, device))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            norm: norm(&format!("{p}norm.weight"))?,
+            spec,
+            dir: dir.to_path_buf(),
+            options,
+            report,
+            embed_tokens,
+            lm_head,
+            layers,
+            inv_freqs,
+        })
+    }
+
+    /// The normalised architecture.
+    pub fn spec(&self) -> &ArchSpec {
+        &self.spec
+    }
+
+    /// The checkpoint directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Device of weights and activations.
+    pub fn device(&self) -> Device {
+        self.options.device
+    }
+
+    /// Dtype of weights and activations.
+    pub fn kind(&self) -> Kind {
+        self.options.kind
+    }
+
+    /// Unused / tied tensors found while loading.
+    pub fn load_report(&self) -> &LoadReport {
+        &self.report
+    }
+
+    /// Residual stream width `d`.
+    pub fn d_model(&self) -> i64 {
+        self.spec.hidden_size
+    }
+
+    /// Number of decoder blocks.
+    pub fn num_layers(&self) -> usize {
+        self.spec.num_layers
+    }
+
+    /// Allocate a KV cache for `batch` rows and `capacity` tokens.
+    pub fn new_cache(&self, batch: i64, capacity: i64) -> Result<KvCache> {
+        KvCache::new(
+            self.spec.num_layers,
+            batch,
+            self.spec.num_kv_heads,
+            self.spec.head_dim,
+            capacity,
+            self.options.kind,
+            self.options.device,
+        )
+    }
+
+    /// Run the model over a batch, applying `hooks`.
+    ///
+    /// Stops after the last point any hook names; with no hooks at all it runs to the logits. Shapes:
+    /// `batch.input_ids` `[B, T]`; captures `[B, T, d]` (`[B, T, vocab]` for logits).
+    pub fn forward(&self, batch: &Batch, hooks: &Hooks) -> Result<ForwardOutput> {
+        let _guard = tch::no_grad_guard();
+        self.forward_grad(batch, hooks)
+    }
+
+    /// Like [`Model::forward`] but records autograd history (weights stay frozen; gradients flow to
+    /// tensors a hook introduces), e.g. for training a map through the model's upper layers.
+    pub fn forward_grad(&self, batch: &Batch, hooks: &Hooks) -> Result<ForwardOutput> {
+        self.check_batch(batch)?;
+        let prompt_lengths =
+            Tensor::from_slice(&batch.lengths.iter().map(|&l| l as i64).collect::<Vec<_>>())
+                .f_to_device(batch.input_ids.device())?;
+        let step = StepInput {
+            input_ids: &batch.input_ids,
+            position_ids: &batch.position_ids,
+            valid: &batch.valid,
+            prompt_lengths: &prompt_lengths,
+            decode_step: None,
+            last_logits_only: false,
+        };
+        self.run(&step, hooks, None)
+    }
+
+    /// Full-model logits `[B, T, vocab]`.
+    pub fn logits(&self, batch: &Batch) -> Result<Tensor> {
+        Ok(self.forward(batch, &Hooks::new())?.last)
+    }
+
+    fn check_batch(&self, batch: &Batch) -> Result<()> {
+        let t = batch.seq_len();
+        if t > self.spec.max_position_embeddings {
+            return Err(HookError::invalid(format!(
+                "prompt of {t} tokens exceeds the model's context of {} (max_position_embeddings)",
+                self.spec.max_position_embeddings
+            )));
+        }
+        let max_id = batch.input_ids.f_max()?.int64_value(&[]);
+        let min_id = batch.input_ids.f_min()?.int64_value(&[]);
+        if min_id < 0 || max_id >= self.spec.vocab_size {
+            return Err(HookError::invalid(format!(
+                "token id {} outside the vocabulary [0, {})",
+                if min_id < 0 { min_id } else { max_id },
+                self.spec.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The forward pass proper, shared by [`Model::forward`] and generation (with a cache).
+    pub(crate) fn run(
+        &self,
+        step: &StepInput<'_>,
+        hooks: &Hooks,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<ForwardOutput> {
+        let spec = &self.spec;
+        let n = spec.num_layers;
+        hooks.validate(n, spec.hidden_size, spec.vocab_size)?;
+        let stop = match hooks.last_point() {
+            None => HookPoint::Logits,
+            Some(p) => p,
+        };
+        let stop_order = stop.order(n);
+        let (b, t) = (step.input_ids.size()[0], step.input_ids.size()[1]);
+        let kind = self.options.kind;
+        let device = self.options.device;
+
+        let mut captures = Vec::new();
+        let ctx = |point| HookContext {
+            point,
+            position_ids: step.position_ids,
+            valid: step.valid,
+            prompt_lengths: step.prompt_lengths,
+            decode_step: step.decode_step,
+        };
+        // Apply the hooks at `point`; return early once the last needed point is reached.
+        macro_rules! visit {
+            ($point:expr, $x:expr) => {{
+                let point = $point;
+                let ops = hooks.at(point);
+                let x = if ops.is_empty() {
+                    $x
+                } else {
+                    run_point(ops, &ctx(point), $x, &mut captures)?
+                };
+                if point.order(n) >= stop_order {
+                    return Ok(ForwardOutput {
+                        captures,
+                        last: x,
+                        last_point: point,
+                    });
+                }
+                x
+            }};
+        }
+
+        // Embeddings. Gemma multiplies by sqrt(d) rounded to the activation dtype first (HF casts the
+        // normalizer), which matters in bf16.
+        let mut x = Tensor::f_embedding(&self.embed_tokens, step.input_ids, -1, false, false)?;
+        if let Some(scale) = spec.embed_scale {
+            let normalizer = Tensor::f_from_slice(&[scale])?
+                .f_to_kind(kind)?
+                .f_to_device(device)?;
+            x = x.f_mul(&normalizer)?;
+        }
+        let mut x = visit!(HookPoint::Embed, x);
+
+        // RoPE tables and masks, once per pass.
+        let cos_sin = self
+            .inv_freqs
+            .iter()
+            .map(|f| rope_cos_sin(f, step.position_ids, kind))
+            .collect::<Result<Vec<_>>>()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let key_valid = match cache.as_deref_mut() {
+            Some(c) => c.extend_mask(step.valid)?,
+            None => step.valid.shallow_clone(),
+        };
+        let mut masks: HashMap<Option<i64>, Tensor> = HashMap::new();
+
+        for (l, layer) in self.layers.iter().enumerate() {
+            let ls = &spec.layers[l];
+            let window = match ls.attention {
+                AttentionKind::Full => None,
+                AttentionKind::Sliding { window } => Some(window),
+            };
+            if !masks.contains_key(&window) {
+                masks.insert(window, attention_mask(&key_valid, t, past, window, kind)?);
+            }
+            let mask = &masks[&window];
+            let (cos, sin) = &cos_sin[ls.rope];
+
+            x = visit!(HookPoint::ResidPre(l), x);
+            let h = layer.input_layernorm.forward(&x)?;
+            let mut attn =
+                self.attention(l, layer, &h, cos, sin, mask, cache.as_deref_mut(), b, t)?;
+            if spec.sandwich_norms {
+                // Gemma 2/3: post_attention_layernorm normalises the attention branch itself.
+                attn = layer.post_attention_layernorm.forward(&attn)?;
+            }
+            let attn = visit!(HookPoint::AttnOut(l), attn);
+            x = visit!(HookPoint::ResidMid(l), x.f_add(&attn)?);
+            let h = match &layer.pre_feedforward_layernorm {
+                Some(pre) => pre.forward(&x)?,
+                None => layer.post_attention_layernorm.forward(&x)?,
+            };
+            let mlp = &layer.mlp;
+            let gate = activate(&mlp.gate_proj.forward(&h)?, spec.activation)?;
+            let mut m = mlp
+                .down_proj
+                .forward(&gate.f_mul(&mlp.up_proj.forward(&h)?)?)?;
+            if let Some(post) = &layer.post_feedforward_layernorm {
+                m = post.forward(&m)?;
+            }
+            let m = visit!(HookPoint::MlpOut(l), m);
+            x = visit!(HookPoint::ResidPost(l), x.f_add(&m)?);
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        let x = visit!(HookPoint::FinalNorm, self.norm.forward(&x)?);
+        let x = if step.last_logits_only {
+            x.f_narrow(1, t - 1, 1)?
+        } else {
+            x
+        };
+        let mut logits = x.f_linear::<&Tensor>(&self.lm_head, None)?;
+        if let Some(cap) = spec.final_softcap {
+            logits = softcap(&logits, cap)?;
+        }
+        let logits = if step.last_logits_only {
+            // Hooks at `logits` see only the last position during generation.
+            let ops = hooks.at(HookPoint::Logits);
+            if ops.is_empty() {
+                logits
+            } else {
+                let pos = step.position_ids.f_narrow(1, t - 1, 1)?;
+                let valid = step.valid.f_narrow(1, t - 1, 1)?;
+                let c = HookContext {
+                    point: HookPoint::Logits,
+                    position_ids: &pos,
+                    valid: &valid,
+                    prompt_lengths: step.prompt_lengths,
+                    decode_step: step.decode_step,
+                };
+                run_point(ops, &c, logits, &mut captures)?
+            }
+        } else {
+            visit!(HookPoint::Logits, logits)
+        };
+        Ok(ForwardOutput {
+            captures,
+            last: logits,
+            last_point: HookPoint::Logits,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        l: usize,
+        layer: &DecoderLayer,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        b: i64,
+        t: i64,
+    ) -> Result<Tensor> {
+        let spec = &self.spec;
+        let (nh, nkv, hd) = (spec.num_heads, spec.num_kv_heads, spec.head_dim);
+        let a = &layer.self_attn;
+        let mut q = a.q_proj.forward(h)?.f_view([b, t, nh, hd])?;
+        let mut k = a.k_proj.forward(h)?.f_view([b, t, nkv, hd])?;
+        let v = a
+            .v_proj
+            .forward(h)?
+            .f_view([b, t, nkv, hd])?
+            .f_transpose(1, 2)?;
+        if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = apply_rope(&q.f_transpose(1, 2)?, cos, sin)?;
+        let k = apply_rope(&k.f_transpose(1, 2)?, cos, sin)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(l, &k, &v)?,
+            None => (k, v),
+        };
+        let out = if self.options.attention == AttentionImpl::Sdpa && spec.attn_softcap.is_none() {
+            Tensor::f_scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(mask),
+                0.0,
+                false,
+                spec.attn_scale,
+                nh != nkv,
+            )?
+        } else {
+            let (k, v) = (
+                repeat_kv(&k, spec.kv_groups())?,
+                repeat_kv(&v, spec.kv_groups())?,
+            );
+            let mut scores = q
+                .f_matmul(&k.f_transpose(2, 3)?)?
+                .f_mul_scalar(spec.attn_scale)?;
+            if let Some(cap) = spec.attn_softcap {
+                scores = softcap(&scores, cap)?;
+            }
+            let probs = scores
+                .f_add(mask)?
+                .f_softmax(-1, Kind::Float)?
+                .f_to_kind(q.kind())?;
+            probs.f_matmul(&v)?
+        };
+        let out = out.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
+        a.o_proj.forward(&out)
+    }
+}
+
+/// `[B, kv, T, D] -> [B, kv * n_rep, T, D]`, each kv head repeated consecutively (HF `repeat_kv`).
+fn repeat_kv(x: &Tensor, n_rep: i64) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.shallow_clone());
+    }
+    let s = x.size();
+    Ok(x.f_unsqueeze(2)?
+        .f_expand([s[0], s[1], n_rep, s[2], s[3]], false)?
+        .f_reshape([s[0], s[1] * n_rep, s[2], s[3]])?)
+}

@@ -1,0 +1,25 @@
+//! # Rosetta
+//!
+//! Move activation-space interventions — steering vectors, refusal directions, a switch between a
+//! fine-tuned model and its base — from one language model to another through a learned map between their
+//! residual streams (Oozeer et al., arXiv 2503.04429).
+//!
+//! This facade re-exports the workspace's crates under short names; depend on the individual
+//! `rosetta-*` crates instead when you need only one layer.
+//!
+//! | module | crate | owns |
+//! |---|---|---|
+//! | [`hooks`] | `rosetta-model-hooks` | models, tokenizers, hook points, generation |
+//! | [`store`] | `rosetta-activation-store` | paired, aligned activations on disk |
+//! | [`mapping`] | `rosetta-mapping` | maps between activation spaces and their trainer |
+//! | [`steering`] | `rosetta-steering` | steering vectors and their transfer |
+//! | [`tasks`] | `rosetta-tasks` | datasets and model organisms |
+//! | [`eval`] | `rosetta-eval` | metrics and reports |
+
+pub use rosetta_activation_store as store;
+pub use rosetta_eval as eval;
+pub use rosetta_mapping as mapping;
+pub use rosetta_model_hooks as hooks;
+pub use rosetta_steering as steering;
+pub use rosetta_tasks as tasks;
+pub use tch;

@@ -1,0 +1,8 @@
+//! # rosetta-steering
+//!
+//! Will own: steering vectors (difference of means, PCA, refusal direction, trigger-position contrasts),
+//! their transfer from a source model to a target through a `rosetta-mapping` map, interventions in the
+//! target (add, ablate, patch, replace-with-mapped, the safety switch), layer sweeps, and vector file formats
+//! (safetensors + JSON, llama.cpp / repeng GGUF control vectors).
+//!
+//! Not yet implemented: see the project's steering issue.
