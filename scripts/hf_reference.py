@@ -14,6 +14,11 @@ HF's eager attention in float32, batch size 1, no padding, and writes one safete
   prompt{i}.greedy_top2_gap  f32   [G]         top-1 minus top-2 raw logit at each generation step (near-ties
                                                are where a correct implementation may pick another token)
 
+The greedy tokens come from generate() (KV cache, no logits processors, EOS does not stop it); they are
+cross-checked against one uncached forward over prompt + generated tokens, and the largest logit difference
+between the two and the number of argmax disagreements are in the metadata
+(prompt{i}.greedy_recompute_max_abs_diff / _argmax_mismatches).
+
 Plain prompts are tokenized as `tokenizer(text)` does by default (with its special tokens, e.g. BOS for Gemma),
 chat prompts with `tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)`. A chat
 prompt for a tokenizer without a chat template (Gemma 3 270M is a base model) is skipped: no tensors, and
@@ -220,9 +225,16 @@ def run_prompt(model, ids: list[int], gen_tokens: int) -> dict:
         raise ReferenceError("generate() picked a token that is not the argmax of the raw logits")
     if not torch.equal(step_logits[0].argmax(), out.logits[0, -1].argmax()):
         raise ReferenceError("the first generated token disagrees with the prompt forward pass")
+    # Cross-check the KV-cached decoding against one full (uncached) forward over prompt + generated tokens:
+    # a Rust implementation may decode either way.
+    with torch.no_grad():
+        full = model(g.sequences[:, :-1], use_cache=False).logits[0, input_ids.shape[1] - 1 :].float()
+    recompute_diff = (full - step_logits).abs().max().item()
+    recompute_mismatch = int((full.argmax(-1) != new).sum().item())
     tensors["greedy_ids"] = new.to(torch.long).clone()
     tensors["greedy_top2_gap"] = (top2[:, 0] - top2[:, 1]).contiguous()
-    return tensors
+    return tensors, {"greedy_recompute_max_abs_diff": f"{recompute_diff:.3e}",
+                     "greedy_recompute_argmax_mismatches": str(recompute_mismatch)}
 
 
 def build(model_dir: Path, out: Path, prompts_path: Path, gen_tokens: int, skip_if_current: bool) -> int:
@@ -294,7 +306,9 @@ def build(model_dir: Path, out: Path, prompts_path: Path, gen_tokens: int, skip_
         ids, rendered = tokenize(tok, p)
         if rendered is not None:
             meta[f"{key}.rendered"] = rendered
-        res = run_prompt(model, ids, gen_tokens)
+        res, extra = run_prompt(model, ids, gen_tokens)
+        for k, v in extra.items():
+            meta[f"{key}.{k}"] = v
         for k, v in res.items():
             tensors[f"{key}.{k}"] = v.contiguous()
         text = tok.decode(res["greedy_ids"].tolist(), skip_special_tokens=False)
@@ -302,7 +316,8 @@ def build(model_dir: Path, out: Path, prompts_path: Path, gen_tokens: int, skip_
         gap = res["greedy_top2_gap"]
         print(
             f"[reference]   {key} ({meta[f'{key}.id']}): {len(ids)} tokens, min top-2 gap {gap.min().item():.3f}, "
-            f"greedy {text[:70]!r} ({time.monotonic() - t:.1f} s)",
+            f"cached vs full max|d| {extra['greedy_recompute_max_abs_diff']}, greedy {text[:60]!r} "
+            f"({time.monotonic() - t:.1f} s)",
             flush=True,
         )
 

@@ -27,6 +27,9 @@ pub struct Batch {
     pub lengths: Vec<usize>,
     /// Padding side used.
     pub padding: PaddingSide,
+    /// Length of each row's prompt, for hooks at [`Positions::Prompt`](crate::Positions::Prompt) /
+    /// [`Positions::Generated`](crate::Positions::Generated); defaults to the row length.
+    pub prompt_lengths: Vec<usize>,
 }
 
 impl Batch {
@@ -101,17 +104,33 @@ impl Batch {
             .f_any()?
             .int64_value(&[])
             != 0;
+        let lengths: Vec<usize> = lengths.iter().map(|&l| l as usize).collect();
         Ok(Self {
             input_ids: input_ids.f_to_kind(Kind::Int64)?,
             valid,
             position_ids,
-            lengths: lengths.iter().map(|&l| l as usize).collect(),
+            prompt_lengths: lengths.clone(),
+            lengths,
             padding: if first_col_padded {
                 PaddingSide::Left
             } else {
                 PaddingSide::Right
             },
         })
+    }
+
+    /// Declare the first `prompt_lengths[r]` tokens of row `r` the prompt and the rest generated (e.g. to
+    /// re-run a generated sequence without a cache and hooks at generated positions).
+    pub fn with_prompt_lengths(mut self, prompt_lengths: Vec<usize>) -> Result<Self> {
+        if prompt_lengths.len() != self.lengths.len() {
+            return Err(HookError::invalid(format!(
+                "{} prompt lengths for a batch of {}",
+                prompt_lengths.len(),
+                self.lengths.len()
+            )));
+        }
+        self.prompt_lengths = prompt_lengths;
+        Ok(self)
     }
 
     /// Batch size `B`.

@@ -145,7 +145,7 @@ pub(crate) struct StepInput<'a> {
     pub valid: &'a Tensor,
     pub prompt_lengths: &'a Tensor,
     pub decode_step: Option<usize>,
-    /// Compute logits only at the last index (generation).
+    /// Run to the LM head and compute logits only at the last index (generation).
     pub last_logits_only: bool,
 }
 
@@ -220,17 +220,34 @@ impl Model {
                 options.kind
             )));
         }
-        let spec = ArchSpec::from_file(&dir.join("config.json"))?;
+        let mut spec = ArchSpec::from_file(&dir.join("config.json"))?;
         let weights = SafetensorsSet::open_checkpoint(dir)?;
+        // Multimodal checkpoints in the wild store the text decoder as `language_model.model.*` (older
+        // transformers) or `model.language_model.*` (transformers 5); plain ones as `model.*`.
+        if !weights.contains(&format!("{}embed_tokens.weight", spec.weight_prefix)) {
+            if let Some(p) = [
+                "model.",
+                "model.language_model.",
+                "language_model.model.",
+                "",
+            ]
+            .into_iter()
+            .find(|p| weights.contains(&format!("{p}embed_tokens.weight")))
+            {
+                spec.weight_prefix = p.to_string();
+            }
+        }
+        let lm_head_name = if spec.weight_prefix == "language_model.model." {
+            "language_model.lm_head.weight"
+        } else {
+            "lm_head.weight"
+        };
         let mut report = LoadReport::default();
         let mut expected = expected_tensors(&spec);
-        let lm_head_stored = weights.contains("lm_head.weight");
+        let lm_head_stored = weights.contains(lm_head_name);
         if !spec.tie_word_embeddings {
             if lm_head_stored {
-                expected.push((
-                    "lm_head.weight".into(),
-                    vec![spec.vocab_size, spec.hidden_size],
-                ));
+                expected.push((lm_head_name.into(), vec![spec.vocab_size, spec.hidden_size]));
             } else {
                 report.lm_head_tied_by_absence = true;
             }
@@ -251,7 +268,7 @@ impl Model {
         report.unexpected = weights
             .names()
             .into_iter()
-            .filter(|n| !known.contains(n) && !(spec.tie_word_embeddings && *n == "lm_head.weight"))
+            .filter(|n| !known.contains(n) && !(spec.tie_word_embeddings && *n == lm_head_name))
             .map(String::from)
             .collect();
         if !report.missing.is_empty() {
@@ -329,7 +346,7 @@ impl Model {
         let lm_head = if spec.tie_word_embeddings || report.lm_head_tied_by_absence {
             embed_tokens.shallow_clone()
         } else {
-            load("lm_head.weight")?
+            load(lm_head_name)?
         };
         let inv_freqs = spec
             .ropes
@@ -410,9 +427,14 @@ impl Model {
     /// tensors a hook introduces), e.g. for training a map through the model's upper layers.
     pub fn forward_grad(&self, batch: &Batch, hooks: &Hooks) -> Result<ForwardOutput> {
         self.check_batch(batch)?;
-        let prompt_lengths =
-            Tensor::from_slice(&batch.lengths.iter().map(|&l| l as i64).collect::<Vec<_>>())
-                .f_to_device(batch.input_ids.device())?;
+        let prompt_lengths = Tensor::from_slice(
+            &batch
+                .prompt_lengths
+                .iter()
+                .map(|&l| l as i64)
+                .collect::<Vec<_>>(),
+        )
+        .f_to_device(batch.input_ids.device())?;
         let step = StepInput {
             input_ids: &batch.input_ids,
             position_ids: &batch.position_ids,
@@ -459,9 +481,10 @@ impl Model {
         let spec = &self.spec;
         let n = spec.num_layers;
         hooks.validate(n, spec.hidden_size, spec.vocab_size)?;
+        // Generation (last_logits_only) always needs the LM head; otherwise stop at the last hooked point.
         let stop = match hooks.last_point() {
-            None => HookPoint::Logits,
-            Some(p) => p,
+            Some(p) if !step.last_logits_only => p,
+            _ => HookPoint::Logits,
         };
         let stop_order = stop.order(n);
         let (b, t) = (step.input_ids.size()[0], step.input_ids.size()[1]);

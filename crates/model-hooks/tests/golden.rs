@@ -4,7 +4,8 @@
 
 use anyhow::{Context, Result};
 use rosetta_model_hooks::{
-    ArchSpec, AttentionImpl, Batch, HookPoint, Hooks, LoadOptions, Model, SafetensorsSet,
+    ArchSpec, AttentionImpl, Batch, GenerateOptions, HookPoint, Hooks, LoadOptions, Model,
+    SafetensorsSet,
 };
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -164,5 +165,39 @@ fn early_stop_returns_the_same_activations_as_a_full_pass() -> Result<()> {
         a.equal(b),
         "early-stopped capture differs from the full pass"
     );
+    Ok(())
+}
+
+#[test]
+fn greedy_generation_matches_hf_generate() -> Result<()> {
+    for case in cases() {
+        let dir = golden_dir().join(&case);
+        let expected = SafetensorsSet::open_file(&dir.join("expected_left.safetensors"))?;
+        let model = Model::load(&dir, LoadOptions::default())?;
+        let ids = expected.load("input_ids", None, Device::Cpu)?;
+        let mask = expected.load("attention_mask", None, Device::Cpu)?;
+        let want = expected.load("greedy_ids", None, Device::Cpu)?;
+        let rows = ids.size()[0];
+        let prompts: Vec<Vec<i64>> = (0..rows)
+            .map(|r| {
+                let ids: Vec<i64> = Vec::try_from(ids.get(r)).unwrap();
+                let m: Vec<i64> = Vec::try_from(mask.get(r)).unwrap();
+                ids.into_iter()
+                    .zip(m)
+                    .filter(|(_, m)| *m != 0)
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .collect();
+        let steps = want.size()[1] as usize;
+        let gen = model.generate(&prompts, 0, &Hooks::new(), &GenerateOptions::greedy(steps))?;
+        for r in 0..rows {
+            let w: Vec<i64> = Vec::try_from(want.get(r))?;
+            assert_eq!(
+                gen.tokens[r as usize], w,
+                "{case}: row {r} greedy tokens differ from HF generate"
+            );
+        }
+    }
     Ok(())
 }

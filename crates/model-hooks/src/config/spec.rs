@@ -446,6 +446,10 @@ impl ArchSpec {
                 softcap(hf.attn_logit_softcapping.or(Some(50.0))),
                 softcap(hf.final_logit_softcapping.or(Some(30.0))),
             ),
+            // Gemma 3 never softcaps attention; its multimodal wrapper (Gemma3ForConditionalGeneration)
+            // does not apply the final softcap either.
+            Family::Gemma3 if weight_prefix != "model." => (None, None),
+            Family::Gemma3 => (None, softcap(hf.final_logit_softcapping)),
             _ => (
                 softcap(hf.attn_logit_softcapping),
                 softcap(hf.final_logit_softcapping),
