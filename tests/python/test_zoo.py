@@ -475,5 +475,51 @@ for _name in zoo.ZOO:
     setattr(RealZooTest, "test_" + _name.replace(".", "_").replace("-", "_"), lambda self, n=_name: self.check(n))
 
 
+class ReferenceFilesTest(unittest.TestCase):
+    """The prompts fixture is valid; HF reference files (scripts/hf_reference.py), when present, are complete."""
+
+    def test_prompts_fixture(self):
+        import hf_reference
+
+        prompts, sha = hf_reference.load_prompts(hf_reference.DEFAULT_PROMPTS)
+        self.assertEqual(sha, hashlib.sha256(hf_reference.DEFAULT_PROMPTS.read_bytes()).hexdigest())
+        self.assertEqual([p["kind"] for p in prompts].count("chat"), 2)
+        self.assertEqual(prompts[0]["text"], "The capital of France is")
+        ids = [p["id"] for p in prompts]
+        self.assertEqual(len(ids), len(set(ids)))
+
+    def check(self, name: str):
+        path = REAL_HOME / "reference" / f"{name}.safetensors"
+        if not path.exists():
+            self.skipTest(f"{path} missing; run `scripts/hf_reference.py --model {name}`")
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        meta = header.pop("__metadata__")
+        layers, d, vocab, gen = (int(meta[k]) for k in ("num_layers", "hidden_size", "vocab_size", "gen_tokens"))
+        self.assertEqual(meta["model_name"], name)
+        done = 0
+        for i in range(int(meta["n_prompts"])):
+            key = f"prompt{i}"
+            self.assertIn(meta[f"{key}.kind"], ("text", "chat"))
+            if f"{key}.skipped" in meta:
+                self.assertFalse(any(k.startswith(key + ".") for k in header), f"{key} skipped but has tensors")
+                continue
+            (t,) = header[f"{key}.input_ids"]["shape"]
+            want = {"input_ids": ("I64", [t]), "logits": ("F32", [t, vocab]), "embed": ("F32", [t, d]),
+                    "final_norm": ("F32", [t, d]), "greedy_ids": ("I64", [gen]), "greedy_top2_gap": ("F32", [gen])}
+            want.update({f"resid_post.{l}": ("F32", [t, d]) for l in range(layers)})
+            for k, (dtype, shape) in want.items():
+                self.assertEqual((header[f"{key}.{k}"]["dtype"], header[f"{key}.{k}"]["shape"]), (dtype, shape), k)
+            done += 1
+        self.assertGreaterEqual(done, 4)
+        self.assertEqual(len(header), done * (6 + layers))
+
+
+for _name in zoo.ZOO:
+    setattr(ReferenceFilesTest, "test_reference_" + _name.replace(".", "_").replace("-", "_"),
+            lambda self, n=_name: self.check(n))
+
+
 if __name__ == "__main__":
     unittest.main()

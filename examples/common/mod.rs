@@ -1,0 +1,99 @@
+//! Helpers shared by the example binaries: device / dtype flags, JSONL prompt files, progress bars.
+#![allow(dead_code)] // each example uses a subset
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rosetta::hooks::{ChatMessage, Encoded, Tokenizer};
+use serde::Deserialize;
+use std::path::Path;
+use tch::{Device, Kind};
+
+/// Parse `--device` (`auto`, `cpu`, `cuda`, `cuda:N`); `None` uses `$ROSETTA_DEVICE` or auto.
+pub fn device(arg: Option<&str>) -> Result<Device> {
+    Ok(match arg {
+        Some(s) => rosetta::hooks::device::parse_device(s)?,
+        None => rosetta::hooks::default_device()?,
+    })
+}
+
+/// Parse `--dtype`.
+pub fn dtype(arg: &str) -> Result<Kind> {
+    Ok(match arg {
+        "f32" | "float32" => Kind::Float,
+        "bf16" | "bfloat16" => Kind::BFloat16,
+        "f16" | "float16" => Kind::Half,
+        other => bail!("unsupported --dtype {other:?} (f32, bf16, f16)"),
+    })
+}
+
+/// One input row: plain text or a chat conversation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Row {
+    /// `{"text": ...}`
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// `{"messages": [{"role", "content"}, ...]}`
+    Chat {
+        /// The conversation.
+        messages: Vec<ChatMessage>,
+    },
+}
+
+/// Read a JSONL file of rows; errors name the line.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Row>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: Row = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{}:{}: expected {{\"text\": ...}} or {{\"messages\": [...]}}",
+                path.display(),
+                i + 1
+            )
+        })?;
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        bail!("{}: no rows", path.display());
+    }
+    Ok(rows)
+}
+
+/// Tokenize a row as HF does: text with the tokenizer's special tokens (or, with `chat`, as a single user
+/// message through the chat template); conversations through the template with a generation prompt.
+pub fn encode_row(tok: &Tokenizer, row: &Row, chat: bool) -> Result<Encoded> {
+    Ok(match row {
+        Row::Text { text } if chat => tok.encode_chat(&[ChatMessage::user(text.clone())], true)?,
+        Row::Text { text } => tok.encode(text, true)?,
+        Row::Chat { messages } => tok.encode_chat(messages, true)?,
+    })
+}
+
+/// A progress bar with rate and ETA.
+pub fn progress(len: u64, unit: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    let template = format!("{{spinner}} [{{elapsed_precise}}] {{bar:40}} {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}})");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        pb.set_style(style);
+    }
+    pb
+}
+
+/// Bytes as a short human string.
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", units[u])
+}
