@@ -78,8 +78,8 @@ fn report() -> Result<()> {
     println!("check       64x64 matmul(A, A^-1) = I within {err:.1e}");
     println!("zoo         {}", zoo::zoo_dir().display());
     println!(
-        "  {:<30} {:<12} {:>7} {:>6} {:>10}  {}",
-        "model", "type", "layers", "d", "size", "gguf sha256"
+        "  {:<30} {:<12} {:>7} {:>6} {:>10}  gguf sha256",
+        "model", "type", "layers", "d", "size"
     );
     for (name, entry) in zoo::inventory()? {
         match entry {

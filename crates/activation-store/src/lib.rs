@@ -7,3 +7,9 @@
 //! running statistics; and merging stores written by independent workers (`--shard i/n`).
 //!
 //! Not yet implemented: see the project's activation-store issue.
+
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]

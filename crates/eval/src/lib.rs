@@ -6,3 +6,9 @@
 //! scores what it is handed.
 //!
 //! Not yet implemented: see the project's eval issue.
+
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]

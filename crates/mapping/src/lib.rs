@@ -8,3 +8,9 @@
 //! It reads activations only through `rosetta-activation-store`'s reader.
 //!
 //! Not yet implemented: see the project's mapping issue.
+
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]

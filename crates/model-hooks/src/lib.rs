@@ -23,6 +23,10 @@
 //! golden tests hold every hook point to 1e-5 in f32.
 
 #![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod batch;
 pub mod cache;

@@ -268,7 +268,7 @@ impl Model {
         report.unexpected = weights
             .names()
             .into_iter()
-            .filter(|n| !known.contains(n) && !(spec.tie_word_embeddings && *n == lm_head_name))
+            .filter(|n| !(known.contains(n) || spec.tie_word_embeddings && *n == lm_head_name))
             .map(String::from)
             .collect();
         if !report.missing.is_empty() {
@@ -550,10 +550,12 @@ impl Model {
                 AttentionKind::Full => None,
                 AttentionKind::Sliding { window } => Some(window),
             };
-            if !masks.contains_key(&window) {
-                masks.insert(window, attention_mask(&key_valid, t, past, window, kind)?);
-            }
-            let mask = &masks[&window];
+            let mask = match masks.entry(window) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(attention_mask(&key_valid, t, past, window, kind)?)
+                }
+            };
             let (cos, sin) = &cos_sin[ls.rope];
 
             x = visit!(HookPoint::ResidPre(l), x);

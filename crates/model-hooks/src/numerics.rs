@@ -200,8 +200,8 @@ mod tests {
             .max()
             .double_value(&[]);
         assert!(diff0 < 1e-7);
-        let nx = x.norm_scalaropt_dim(2.0, [-1], false, Kind::Float);
-        let ny = y.norm_scalaropt_dim(2.0, [-1], false, Kind::Float);
+        let nx = x.norm_scalaropt_dim(2.0, [-1i64].as_slice(), false);
+        let ny = y.norm_scalaropt_dim(2.0, [-1i64].as_slice(), false);
         assert!((nx - ny).abs().max().double_value(&[]) < 1e-5);
     }
 
@@ -232,7 +232,7 @@ mod tests {
         let m = attention_mask(&valid, 6, 0, Some(3), Kind::Float).unwrap();
         let visible = m
             .eq(0.0)
-            .sum_dim_intlist([-1], false, Kind::Int64)
+            .sum_dim_intlist([-1i64].as_slice(), false, Kind::Int64)
             .view([-1]);
         assert_eq!(
             Vec::<i64>::try_from(visible).unwrap(),

@@ -86,7 +86,7 @@ fn rows_do_not_depend_on_other_rows_or_padding_side() -> Result<()> {
         let all = batch.unpad(out.captured(HookPoint::Logits).unwrap())?;
         let mut offset = 0;
         for row in &p {
-            let single = Batch::from_sequences(&[row.clone()], 0, side, Device::Cpu)?;
+            let single = Batch::from_sequences(std::slice::from_ref(row), 0, side, Device::Cpu)?;
             let alone = model.forward(&single, &hooks)?;
             let alone = single.unpad(alone.captured(HookPoint::Logits).unwrap())?;
             let n = row.len() as i64;
@@ -98,7 +98,7 @@ fn rows_do_not_depend_on_other_rows_or_padding_side() -> Result<()> {
     let gen_batch = model.generate(&p, 0, &Hooks::new(), &GenerateOptions::greedy(6))?;
     for (r, row) in p.iter().enumerate() {
         let alone = model.generate(
-            &[row.clone()],
+            std::slice::from_ref(row),
             0,
             &Hooks::new(),
             &GenerateOptions::greedy(6),

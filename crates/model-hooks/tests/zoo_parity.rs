@@ -103,7 +103,8 @@ fn check_model(name: &str) -> Result<()> {
         .capture(HookPoint::Logits);
     let mut worst = (0.0f64, String::new());
     for (&i, p) in used.iter().zip(&prompts) {
-        let batch = Batch::from_sequences(&[p.clone()], 0, PaddingSide::Left, Device::Cpu)?;
+        let batch =
+            Batch::from_sequences(std::slice::from_ref(p), 0, PaddingSide::Left, Device::Cpu)?;
         let out = model.forward(&batch, &hooks)?;
         let mut names: Vec<(HookPoint, String)> = (0..layers)
             .map(|l| (HookPoint::ResidPost(l), format!("resid_post.{l}")))

@@ -16,6 +16,12 @@
 //! | [`tasks`] | `rosetta-tasks` | datasets and model organisms |
 //! | [`eval`] | `rosetta-eval` | metrics and reports |
 
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub use rosetta_activation_store as store;
 pub use rosetta_eval as eval;
 pub use rosetta_mapping as mapping;

@@ -6,3 +6,9 @@
 //! (safetensors + JSON, llama.cpp / repeng GGUF control vectors).
 //!
 //! Not yet implemented: see the project's steering issue.
+
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]

@@ -5,3 +5,9 @@
 //! backdoor into a model).
 //!
 //! Not yet implemented: see the project's tasks issue.
+
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
