@@ -40,6 +40,11 @@ pub enum Row {
         /// The conversation.
         messages: Vec<ChatMessage>,
     },
+    /// `{"ids": [...]}`: already tokenized (used as is).
+    Ids {
+        /// Token ids.
+        ids: Vec<i64>,
+    },
 }
 
 /// Read a JSONL file of rows; errors name the line.
@@ -73,6 +78,12 @@ pub fn encode_row(tok: &Tokenizer, row: &Row, chat: bool) -> Result<Encoded> {
         Row::Text { text } if chat => tok.encode_chat(&[ChatMessage::user(text.clone())], true)?,
         Row::Text { text } => tok.encode(text, true)?,
         Row::Chat { messages } => tok.encode_chat(messages, true)?,
+        Row::Ids { ids } => Encoded {
+            ids: ids.clone(),
+            offsets: vec![(0, 0); ids.len()],
+            special: vec![false; ids.len()],
+            text: String::new(),
+        },
     })
 }
 

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Rosetta vs HF transformers, side by side in one run (the figures in docs/PERFORMANCE.md).
+
+Same machine, same model, same token ids, same batch, same dtype, same thread count. For each case the HF
+side runs in this process and the Rosetta side as the release example binaries (`capture`, `generate`),
+one after the other, so both see the same machine state.
+
+  $ROSETTA_HOME/venv/bin/python scripts/bench_hf.py [--models smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct]
+      [--cases capture,generate] [--repeat 3] [--markdown out.md]
+
+Capture: a batch of 8 x 128 tokens, activations of one middle layer's output.
+  HF full   : model(ids) with a forward hook on layers[L] that copies the output (the usual HF way)
+  HF early  : the same hook raises an exception to stop the forward (the fastest HF trick)
+  Rosetta   : `capture --points resid_post.L --repeat N` (the pass stops after block L by design)
+Generation: greedy, 64 new tokens (EOS ignored), a vector added to layer L's output at every position.
+  HF        : model.generate(...) with a forward hook on layers[L] adding the vector
+  Rosetta   : `generate --steer-layer L --ignore-eos --repeat N`
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+HOME = Path(os.environ.get("ROSETTA_HOME", Path.home() / ".cache" / "rosetta"))
+MODELS = Path(os.environ.get("ROSETTA_MODELS", HOME / "models"))
+LAYERS = {"smollm2-135m-instruct": 15, "qwen2.5-coder-0.5b-instruct": 12, "gemma3-270m": 9,
+          "qwen2.5-coder-1.5b-instruct": 8}
+TEXT = (ROOT / "README.md").read_text() + (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+
+
+class Stop(Exception):
+    pass
+
+
+def batch_ids(tok, batch, length):
+    ids = tok(TEXT, add_special_tokens=False)["input_ids"]
+    rows = [ids[i * length:(i + 1) * length] for i in range(batch)]
+    assert all(len(r) == length for r in rows), "text too short for the benchmark batch"
+    return torch.tensor(rows)
+
+
+def timed(fn, repeat):
+    fn()  # warm-up
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t) / repeat
+
+
+def rosetta(example, args):
+    exe = ROOT / "target" / "release" / "examples" / example
+    if not exe.exists():
+        sys.exit(f"{exe} missing: run `cargo build --release --examples` first")
+    out = subprocess.run([str(exe), *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{example} failed:\n{out.stderr}")
+    m = re.search(r"tokens/s: ([0-9.]+)", out.stdout)
+    return float(m.group(1))
+
+
+def bench_capture(name, repeat, rows):
+    d = MODELS / name
+    layer = LAYERS[name]
+    tok = AutoTokenizer.from_pretrained(d)
+    ids = batch_ids(tok, 8, 128)
+    ntok = ids.numel()
+    for dtype, dname in [(torch.float32, "f32"), (torch.bfloat16, "bf16")]:
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype).eval()
+        captured = {}
+
+        def keep(_m, _i, out):
+            captured["x"] = (out[0] if isinstance(out, tuple) else out).detach()
+
+        def stop(_m, _i, out):
+            keep(_m, _i, out)
+            raise Stop
+
+        with torch.no_grad():
+            h = model.model.layers[layer].register_forward_hook(keep)
+            full = timed(lambda: model(ids), repeat)
+            h.remove()
+            h = model.model.layers[layer].register_forward_hook(stop)
+
+            def early():
+                try:
+                    model(ids)
+                except Stop:
+                    pass
+
+            early_t = timed(early, repeat)
+            h.remove()
+        del model
+        with tempfile.TemporaryDirectory() as tmp:
+            jl = Path(tmp) / "ids.jsonl"
+            jl.write_text("".join(json.dumps({"ids": r}) + "\n" for r in ids.tolist()))
+            ours = rosetta("capture", ["--model", str(d), "--input", str(jl), "--points", f"resid_post.{layer}",
+                                       "--out", str(Path(tmp) / "a.safetensors"), "--batch-size", "8",
+                                       "--dtype", dname, "--repeat", str(repeat)])
+        rows.append(("capture", name, f"resid_post.{layer}", dname, "8x128", ntok / full, ntok / early_t, ours))
+        print(f"capture {name} L{layer} {dname}: HF full {ntok / full:.1f} tok/s, HF early-stop "
+              f"{ntok / early_t:.1f}, Rosetta {ours:.1f}", flush=True)
+
+
+def bench_generate(name, repeat, rows, new_tokens=64):
+    d = MODELS / name
+    layer = LAYERS[name]
+    tok = AutoTokenizer.from_pretrained(d)
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    prompt = "The capital of France is"
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(model.config.hidden_size, generator=g)
+    v = 4.0 * v / v.norm()
+
+    def add(_m, _i, out):
+        if isinstance(out, tuple):
+            return (out[0] + v,) + tuple(out[1:])
+        return out + v
+
+    h = model.model.layers[layer].register_forward_hook(add)
+    from transformers import GenerationConfig
+    gc = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                          eos_token_id=None, pad_token_id=tok.pad_token_id or 0)
+    for batch in [1, 8]:
+        tok.padding_side = "left"
+        enc = tok([prompt] * batch, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            secs = timed(lambda: model.generate(**enc, generation_config=gc), repeat)
+        hf = batch * new_tokens / secs
+        ours = rosetta("generate", ["--model", str(d), "--prompt", prompt, "--batch", str(batch),
+                                    "--max-new-tokens", str(new_tokens), "--steer-layer", str(layer),
+                                    "--ignore-eos", "--repeat", str(repeat)])
+        rows.append(("generate", name, f"resid_post.{layer}", "f32", f"{batch}x{new_tokens} new", hf, None, ours))
+        print(f"generate {name} batch {batch}: HF {hf:.1f} tok/s, Rosetta {ours:.1f}", flush=True)
+    h.remove()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct")
+    ap.add_argument("--cases", default="capture,generate")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--markdown", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("ROSETTA_BENCH_THREADS", torch.get_num_threads())))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    rows = []
+    for name in args.models.split(","):
+        if "capture" in args.cases:
+            bench_capture(name, args.repeat, rows)
+        if "generate" in args.cases:
+            bench_generate(name, args.repeat, rows)
+    lines = ["| case | model | point | dtype | shape | HF tok/s | HF early-stop tok/s | Rosetta tok/s | vs HF | vs HF early |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for case, name, point, dt, shape, hf, early, ours in rows:
+        lines.append(f"| {case} | {name} | {point} | {dt} | {shape} | {hf:.1f} | "
+                     f"{'' if early is None else f'{early:.1f}'} | {ours:.1f} | {ours / hf:.2f}x | "
+                     f"{'' if early is None else f'{ours / early:.2f}x'} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
