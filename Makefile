@@ -13,7 +13,7 @@ CARGO ?= cargo
 # Zoo models fetched by default (`make models ZOO="smollm2-135m-instruct"` for fewer).
 ZOO ?= smollm2-135m-instruct gemma3-270m qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct
 # Models whose HF reference outputs the parity tests read.
-REFERENCE_MODELS ?= smollm2-135m-instruct gemma3-270m qwen2.5-coder-0.5b-instruct
+REFERENCE_MODELS ?= $(ZOO)
 
 .PHONY: demo test setup models references build lint fmt clean-build help
 

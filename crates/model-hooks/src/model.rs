@@ -89,6 +89,10 @@ struct Linear {
 /// Inputs with at most this many rows use the oneDNN copy of the weights when one exists.
 const PACKED_MAX_ROWS: i64 = 64;
 
+/// Stacked projections with more output bytes than this run as separate matmuls (see
+/// [`Linear::forward_parts`]).
+const FUSED_OUTPUT_MAX_BYTES: i64 = 16 << 20;
+
 impl Linear {
     fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
@@ -117,6 +121,40 @@ impl Linear {
             }
         }
         Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+    }
+
+    /// Forward of a stacked projection, returned as its parts (`sizes` output columns each).
+    ///
+    /// Few rows: one fused matmul, then views. Many rows: one matmul per part on views of the stacked
+    /// weight, when the fused output would be large — a single allocation beyond glibc's mmap threshold
+    /// (32 MB) is page-faulted afresh on every call and costs more than the fusion saves.
+    fn forward_parts(&self, x: &Tensor, sizes: &[i64]) -> Result<Vec<Tensor>> {
+        let shape = x.size();
+        let k = shape[shape.len() - 1].max(1);
+        let rows = x.numel() as i64 / k;
+        let total: i64 = sizes.iter().sum();
+        let bytes = rows * total * x.kind().elt_size_in_bytes() as i64;
+        let mut parts = Vec::with_capacity(sizes.len());
+        let mut offset = 0;
+        if rows > PACKED_MAX_ROWS && bytes > FUSED_OUTPUT_MAX_BYTES {
+            for &n in sizes {
+                let w = self.weight.f_narrow(0, offset, n)?;
+                let b = self
+                    .bias
+                    .as_ref()
+                    .map(|b| b.f_narrow(0, offset, n))
+                    .transpose()?;
+                parts.push(x.f_linear(&w, b.as_ref())?);
+                offset += n;
+            }
+        } else {
+            let y = self.forward(x)?;
+            for &n in sizes {
+                parts.push(y.f_narrow(-1, offset, n)?);
+                offset += n;
+            }
+        }
+        Ok(parts)
     }
 
     fn pack(&self) -> Result<()> {
@@ -680,12 +718,10 @@ impl Model {
                 None => layer.post_attention_layernorm.forward(&x)?,
             };
             let mlp = &layer.mlp;
-            let gate_up = mlp.gate_up_proj.forward(&h)?;
             let inter = spec.intermediate_size;
-            let gate = activate(&gate_up.f_narrow(-1, 0, inter)?, spec.activation)?;
-            let mut m = mlp
-                .down_proj
-                .forward(&gate.f_mul(&gate_up.f_narrow(-1, inter, inter)?)?)?;
+            let gate_up = mlp.gate_up_proj.forward_parts(&h, &[inter, inter])?;
+            let gate = activate(&gate_up[0], spec.activation)?;
+            let mut m = mlp.down_proj.forward(&gate.f_mul(&gate_up[1])?)?;
             if let Some(post) = &layer.post_feedforward_layernorm {
                 m = post.forward(&m)?;
             }
@@ -748,15 +784,12 @@ impl Model {
         let spec = &self.spec;
         let (nh, nkv, hd) = (spec.num_heads, spec.num_kv_heads, spec.head_dim);
         let a = &layer.self_attn;
-        let qkv = a.qkv_proj.forward(h)?;
-        let mut q = qkv.f_narrow(-1, 0, nh * hd)?.f_view([b, t, nh, hd])?;
-        let mut k = qkv
-            .f_narrow(-1, nh * hd, nkv * hd)?
-            .f_view([b, t, nkv, hd])?;
-        let v = qkv
-            .f_narrow(-1, (nh + nkv) * hd, nkv * hd)?
-            .f_view([b, t, nkv, hd])?
-            .f_transpose(1, 2)?;
+        let qkv = a
+            .qkv_proj
+            .forward_parts(h, &[nh * hd, nkv * hd, nkv * hd])?;
+        let mut q = qkv[0].f_view([b, t, nh, hd])?;
+        let mut k = qkv[1].f_view([b, t, nkv, hd])?;
+        let v = qkv[2].f_view([b, t, nkv, hd])?.f_transpose(1, 2)?;
         if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
