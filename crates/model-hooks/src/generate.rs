@@ -230,26 +230,7 @@ impl Model {
         let mut finish = vec![FinishReason::Length; b as usize];
         let mut done = vec![false; b as usize];
         let mut step_captures: Vec<Vec<(HookPoint, Tensor)>> = Vec::new();
-        if opts.max_new_tokens == 0 {
-            let out = self.run(
-                &StepInput {
-                    input_ids: &batch.input_ids,
-                    position_ids: &batch.position_ids,
-                    valid: &batch.valid,
-                    prompt_lengths: &prompt_lengths,
-                    decode_step: None,
-                    last_logits_only: true,
-                },
-                hooks,
-                Some(&mut cache),
-            )?;
-            return Ok(Generation {
-                tokens,
-                finish,
-                captures: out.captures,
-            });
-        }
-
+        // Prefill: the whole prompt at once, filling the cache.
         let mut out = self.run(
             &StepInput {
                 input_ids: &batch.input_ids,
@@ -262,6 +243,13 @@ impl Model {
             hooks,
             Some(&mut cache),
         )?;
+        if opts.max_new_tokens == 0 {
+            return Ok(Generation {
+                tokens,
+                finish,
+                captures: out.captures,
+            });
+        }
         let mut positions = lengths.clone(); // next absolute position per row
         let valid_step = Tensor::f_ones([b, 1], (Kind::Bool, device))?;
         for k in 0..opts.max_new_tokens {
