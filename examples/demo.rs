@@ -3,7 +3,7 @@
 //! of two contrast prompt sets) added at a middle layer.
 //!
 //! ```text
-//! cargo run --release --example demo [-- --model smollm2-135m-instruct --alpha 8 --layer 15]
+//! cargo run --release --example demo [-- --model smollm2-135m-instruct --alpha 0.7 --layer 15]
 //! ```
 
 mod common;
@@ -27,7 +27,7 @@ struct Args {
     #[arg(long)]
     layer: Option<usize>,
     /// Steering strength (multiplies the mean-difference vector).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 0.7)]
     alpha: f64,
     /// New tokens per generation.
     #[arg(long, default_value_t = 40)]
