@@ -1,15 +1,84 @@
 //! # rosetta-activation-store
 //!
-//! Will own: running one model, or a source/target pair, over a corpus to collect residual-stream
-//! activations at chosen hook points; aligning token positions across different tokenizers by character
-//! offsets; a sharded on-disk format (`manifest.json` + bounded safetensors shards, atomic writes, resumable
-//! collection, checksums); a streaming shuffled reader with a document-level train/validation split and
-//! running statistics; and merging stores written by independent workers (`--shard i/n`).
+//! **Design decision: collect once, train many times, from disk.** The paper's trainer re-ran both LLMs
+//! every epoch; Rosetta runs them once over a corpus, stores the (source, target) activation rows aligned
+//! token for token, and streams them to map training as often as needed. Everything else follows from
+//! that: rows must be *paired correctly* across different tokenizers ([`align()`]), the store must survive an
+//! interrupted multi-hour collection ([`StoreWriter`]: bounded shards written atomically, a manifest that
+//! only ever lists complete shards, resume by document), and reading must be cheap and bounded in memory
+//! ([`StoreReader`]: shard-order + buffer shuffling, document-level splits).
 //!
-//! Not yet implemented: see the project's activation-store issue.
+//! ## Modules
+//!
+//! - [`mod@align`]: pair positions of two tokenizations of the same text by the character their tokens end
+//!   at ([`Alignment::CharEnd`]), or `i` with `i` for identical tokenizers ([`Alignment::Identity`],
+//!   decided by [`tokenizer_hash`]); [`KeepReport`] gives the kept share per model.
+//! - [`mod@format`]: `manifest.json` ([`Manifest`]) and the shard layout (`x` `[rows, d_src]`, `y`
+//!   `[rows, d_tgt]`, per-model token ids and positions, document ids).
+//! - [`mod@writer`]: [`StoreWriter`] buffers whole documents and flushes a shard at a byte budget (default
+//!   256 MiB); [`StoreWriter::open_or_resume`] reports stored documents so a collector skips them.
+//! - [`mod@reader`]: [`StoreReader::open`] checks each shard's size and header against the manifest,
+//!   [`StoreReader::verify_full`] its SHA-256; [`StoreReader::batches`] streams shuffled `(x, y)` batches of a
+//!   [`Split`]; [`StoreReader::documents`] yields whole documents; [`StoreReader::stats`] gives
+//!   [`RunningStats`] (Welford, f64).
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use rosetta_activation_store::*;
+//! # fn main() -> Result<()> {
+//! let spec = StoreSpec {
+//!     source: ModelEntry { id: "a".into(), dir: "/m/a".into(), tokenizer_hash: "h".into(),
+//!                          hook_point: "resid_post.3".into(), dim: 4 },
+//!     target: None,
+//!     dtype: StoreDtype::F32,
+//!     alignment: Alignment::Identity,
+//!     seed: 0,
+//! };
+//! let (mut w, resume) = StoreWriter::open_or_resume("store", spec, WriterOptions::default())?;
+//! for doc_id in 0..10i64 {
+//!     if resume.stored_docs.contains(&doc_id) { continue; }
+//!     let acts = tch::Tensor::zeros([3, 4], (tch::Kind::Float, tch::Device::Cpu));
+//!     w.add(DocRows { doc_id, x: SideRows { acts, token_ids: vec![1, 2, 3], positions: vec![0, 1, 2],
+//!                                            encoded_tokens: 4 },
+//!                     y: None })?;
+//! }
+//! w.finish()?;
+//! let r = StoreReader::open("store")?;
+//! let split = DocSplit { validation_fraction: 0.1, seed: 7 };
+//! for batch in r.batches(256, Some(0), Split::Train(split))? {
+//!     let batch = batch?;
+//!     let _x = batch.x; // [<=256, 4]
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Not yet here (see the activation-store issue): running models over a corpus (collection with batching,
+//! early exit and position filters), merging stores of several workers, the `collect` example.
 
 #![warn(missing_docs)]
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
+
+pub mod align;
+pub mod error;
+pub mod format;
+pub mod reader;
+pub mod stats;
+pub mod writer;
+
+pub use align::{
+    align, mark_special_tokens, special_token_ids, tokenizer_hash, Aligned, Alignment, KeepReport,
+};
+pub use error::{Result, StoreError};
+pub use format::{
+    shard_file_name, Manifest, ModelEntry, ShardEntry, StoreDtype, StoreSpec, DEFAULT_SHARD_BYTES,
+    FORMAT_VERSION, MANIFEST_FILE,
+};
+pub use reader::{
+    BatchOptions, Batches, DocSplit, Document, Documents, Split, StoreBatch, StoreReader,
+};
+pub use stats::RunningStats;
+pub use writer::{DocRows, ResumeInfo, SideRows, StoreWriter, WriterOptions};
