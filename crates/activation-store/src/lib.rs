@@ -53,8 +53,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Not yet here (see the activation-store issue): running models over a corpus (collection with batching,
-//! early exit and position filters), merging stores of several workers, the `collect` example.
+//! - [`mod@collect`]: [`collect()`] runs the source (and target) model over a corpus, length-sorted
+//!   batches, early exit at the hook point, position filters, resumption by document.
+//!
+//! Not yet here (see the activation-store issue): merging stores of several workers (`shard i/n`).
 
 #![warn(missing_docs)]
 #![cfg_attr(
@@ -63,6 +65,7 @@
 )]
 
 pub mod align;
+pub mod collect;
 pub mod error;
 pub mod format;
 pub mod reader;
@@ -71,6 +74,9 @@ pub mod writer;
 
 pub use align::{
     align, mark_special_tokens, special_token_ids, tokenizer_hash, Aligned, Alignment, KeepReport,
+};
+pub use collect::{
+    collect, CollectOptions, CollectReport, CorpusDoc, ModelSide, PositionFilter, Progress,
 };
 pub use error::{Result, StoreError};
 pub use format::{
