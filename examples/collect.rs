@@ -284,9 +284,10 @@ fn main() -> Result<()> {
     pb.finish_and_clear();
     let manifest = writer.finish()?;
     println!(
-        "{} documents ({} skipped), {} rows in {} shards, {:.1} source tokens/s, alignment {:?} keeps {:.1}% / {:.1}%",
+        "{} documents ({} already stored, {} empty), {} rows in {} shards, {:.1} source tokens/s, alignment {:?} keeps {:.1}% / {:.1}%",
         report.docs,
         report.skipped,
+        report.empty,
         manifest.rows(),
         manifest.shards.len(),
         report.tokens_per_second(),

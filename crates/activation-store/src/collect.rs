@@ -104,6 +104,8 @@ pub struct CollectReport {
     pub docs: usize,
     /// Documents skipped because the store already had them.
     pub skipped: usize,
+    /// Documents skipped because their text is empty or whitespace.
+    pub empty: usize,
     /// Rows written.
     pub rows: u64,
     /// Source tokens processed.
@@ -241,6 +243,11 @@ pub fn collect(
         for doc in docs.by_ref() {
             if writer.contains(doc.id) {
                 report.skipped += 1;
+                prog.docs += 1;
+                continue;
+            }
+            if doc.text.trim().is_empty() {
+                report.empty += 1;
                 prog.docs += 1;
                 continue;
             }

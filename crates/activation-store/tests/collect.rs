@@ -82,7 +82,10 @@ fn collected_rows_equal_model_hooks_captures_and_resume_skips_stored_docs() -> R
     };
     let out = scratch("single");
     let mut w = StoreWriter::create(&out, spec.clone(), WriterOptions::default())?;
-    let report = collect(side, None, corpus(), &mut w, &opts, |_| {})?;
+    let mut docs = corpus();
+    docs.push(CorpusDoc::new(99, "   "));
+    let report = collect(side, None, docs, &mut w, &opts, |_| {})?;
+    assert_eq!(report.empty, 1);
     w.finish()?;
     assert_eq!(report.docs, 5);
     let reader = StoreReader::open(&out)?;
