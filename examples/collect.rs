@@ -81,25 +81,17 @@ fn read_corpus(path: &Path) -> Result<Vec<CorpusDoc>> {
             .map(|(i, l)| CorpusDoc::new(i as i64, l))
             .collect());
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut docs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<common::Row>(line)
-            .with_context(|| format!("{}:{}: not a JSON row", path.display(), i + 1))?
-        {
-            common::Row::Text { text } => docs.push(CorpusDoc::new(i as i64, text)),
+    common::read_jsonl_numbered(path)?
+        .into_iter()
+        .map(|(i, row)| match row {
+            common::Row::Text { text } => Ok(CorpusDoc::new(i as i64, text)),
             _ => bail!(
                 "{}:{}: collection takes {{\"text\"}} rows (chat templates differ per model; align the user text)",
                 path.display(),
                 i + 1
             ),
-        }
-    }
-    Ok(docs)
+        })
+        .collect()
 }
 
 fn stats(dir: &Path) -> Result<()> {

@@ -49,6 +49,14 @@ pub enum Row {
 
 /// Read a JSONL file of rows; errors name the line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Row>> {
+    Ok(read_jsonl_numbered(path)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect())
+}
+
+/// Read a JSONL file of rows with their 0-based line numbers (blank lines skipped); errors name the line.
+pub fn read_jsonl_numbered(path: &Path) -> Result<Vec<(usize, Row)>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut rows = Vec::new();
@@ -58,12 +66,12 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Row>> {
         }
         let row: Row = serde_json::from_str(line).with_context(|| {
             format!(
-                "{}:{}: expected {{\"text\": ...}} or {{\"messages\": [...]}}",
+                "{}:{}: expected {{\"text\": ...}}, {{\"messages\": [...]}} or {{\"ids\": [...]}}",
                 path.display(),
                 i + 1
             )
         })?;
-        rows.push(row);
+        rows.push((i, row));
     }
     if rows.is_empty() {
         bail!("{}: no rows", path.display());
