@@ -4,10 +4,25 @@
 //! cargo run --release --example collect -- --source DIR --source-layer L [--target DIR --target-layer L] \
 //!     --input corpus.jsonl|corpus.txt --out store/ [--dtype f16] [--shard i/n] [--filter all|last|match:TEXT]
 //! cargo run --release --example collect -- --stats --out store/
+//! cargo run --release --example collect -- --merge store-0/ store-1/ --out store/
 //! ```
-//! JSONL rows are `{"text": ...}`; a `.txt` corpus has one document per non-empty line. A document's id is
-//! its row number, so `--shard i/n` (documents with `id % n == i`) partitions a corpus deterministically for
-//! `n` independent workers. Re-running the same command resumes an interrupted collection.
+//! JSONL rows are `{"text": ...}` or `{"messages": [{"role", "content"}, ...]}`; a `.txt` corpus has one
+//! document per non-empty line. A document's id is its row number, so `--shard i/n` (documents with
+//! `id % n == i`) partitions a corpus deterministically for `n` independent workers. Re-running the same
+//! command resumes an interrupted collection. `--merge` then checks that the workers' stores agree
+//! (models, tokenizers, hook points, dims, dtype, alignment; all complete; no document twice) and writes
+//! one manifest over all their shards into `--out`, without copying data: the merged store refers to the
+//! worker shards by relative paths and is read-only.
+//!
+//! Chat rows: each model renders the conversation with its own chat template (with the generation prompt
+//! unless the last message is the assistant's), so the two models read different strings. Rows are
+//! aligned on the message *contents*: a pair is kept when both tokens lie inside the same message's
+//! content and end at the same content character. Template tokens (role headers, turn markers, default
+//! system prompts, the generation prompt) and special tokens are never paired; the summary line reports
+//! how many there were (`template/special`). With identical tokenizers (`Identity` alignment) every
+//! position is kept, which needs both templates to render the chat identically. A model without a chat
+//! template (e.g. the zoo's Gemma 3 270M base) refuses chat rows. `--filter match:TEXT` matches inside
+//! message contents.
 
 mod common;
 
@@ -15,8 +30,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rosetta::hooks::{HookPoint, LoadOptions, Model, Tokenizer};
 use rosetta::store::{
-    collect, tokenizer_hash, Alignment, CollectOptions, CorpusDoc, ModelEntry, ModelSide,
-    PositionFilter, Split, StoreDtype, StoreReader, StoreSpec, StoreWriter, WriterOptions,
+    collect, merge_stores, tokenizer_hash, Alignment, CollectOptions, CorpusDoc, ModelEntry,
+    ModelSide, PositionFilter, Split, StoreDtype, StoreReader, StoreSpec, StoreWriter,
+    WriterOptions,
 };
 use std::path::{Path, PathBuf};
 use tch::Kind;
@@ -38,7 +54,7 @@ struct Args {
     /// Target layer.
     #[arg(long)]
     target_layer: Option<usize>,
-    /// Corpus: JSONL with {"text"} rows, or a .txt file with one document per line.
+    /// Corpus: JSONL with {"text"} or {"messages"} rows, or a .txt file with one document per line.
     #[arg(long)]
     input: Option<PathBuf>,
     /// Store directory.
@@ -65,6 +81,9 @@ struct Args {
     /// Print what a store holds instead of collecting.
     #[arg(long)]
     stats: bool,
+    /// Merge the stores of `--shard i/n` workers into --out (no data is copied) instead of collecting.
+    #[arg(long, num_args = 1.., value_name = "STORE")]
+    merge: Vec<PathBuf>,
     /// Device: auto, cpu, cuda, cuda:N (default: $ROSETTA_DEVICE or auto).
     #[arg(long)]
     device: Option<String>,
@@ -85,8 +104,10 @@ fn read_corpus(path: &Path) -> Result<Vec<CorpusDoc>> {
         .into_iter()
         .map(|(i, row)| match row {
             common::Row::Text { text } => Ok(CorpusDoc::new(i as i64, text)),
-            _ => bail!(
-                "{}:{}: collection takes {{\"text\"}} rows (chat templates differ per model; align the user text)",
+            common::Row::Chat { messages } => Ok(CorpusDoc::chat(i as i64, messages)),
+            common::Row::Ids { .. } => bail!(
+                "{}:{}: collection takes {{\"text\"}} or {{\"messages\"}} rows (token ids cannot be \
+                 aligned across tokenizers)",
                 path.display(),
                 i + 1
             ),
@@ -151,6 +172,18 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if args.stats {
         return stats(&args.out);
+    }
+    if !args.merge.is_empty() {
+        let m = merge_stores(&args.out, &args.merge)?;
+        println!(
+            "merged {} stores into {}: {} rows in {} shards (no data copied; the worker stores must stay \
+             where they are)",
+            args.merge.len(),
+            args.out.display(),
+            m.rows(),
+            m.shards.len()
+        );
+        return Ok(());
     }
     let (Some(src_dir), Some(src_layer), Some(input)) =
         (&args.source, args.source_layer, &args.input)
@@ -276,7 +309,7 @@ fn main() -> Result<()> {
     pb.finish_and_clear();
     let manifest = writer.finish()?;
     println!(
-        "{} documents ({} already stored, {} empty), {} rows in {} shards, {:.1} source tokens/s, alignment {:?} keeps {:.1}% / {:.1}%",
+        "{} documents ({} already stored, {} empty), {} rows in {} shards, {:.1} source tokens/s, alignment {:?} keeps {:.1}% / {:.1}% (template/special tokens: {} / {})",
         report.docs,
         report.skipped,
         report.empty,
@@ -285,7 +318,9 @@ fn main() -> Result<()> {
         report.tokens_per_second(),
         manifest.spec.alignment,
         100.0 * report.keep.share_a(),
-        100.0 * report.keep.share_b()
+        100.0 * report.keep.share_b(),
+        report.source_outside,
+        report.target_outside
     );
     Ok(())
 }

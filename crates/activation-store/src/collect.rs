@@ -5,39 +5,63 @@
 //! compute goes to padding; each model's forward pass stops at its hook point (model-hooks' early exit).
 //! Documents already in the store (a resumed collection) are skipped. Rows are written in input order, so a
 //! run is deterministic for a given corpus and store spec.
+//!
+//! Chats ([`CorpusDoc::chat`]) are rendered by each model's own chat template and aligned on their message
+//! contents (see [`crate::chat`]): under [`Alignment::CharEnd`] template and special tokens are never
+//! paired and are reported in [`CollectReport::source_outside`] / [`CollectReport::target_outside`]. A
+//! chat gets the generation prompt unless it ends with an assistant turn
+//! ([`crate::chat::wants_generation_prompt`]).
 
-use crate::align::{align, KeepReport};
+use crate::align::{align, special_token_ids, Alignment, KeepReport};
+use crate::chat::{wants_generation_prompt, DocEncoding};
 use crate::error::{Result, StoreError};
 use crate::writer::{DocRows, SideRows, StoreWriter};
 use rosetta_model_hooks::{
-    Batch, CaptureOptions, Encoded, HookPoint, Hooks, Model, PaddingSide, Tokenizer,
+    Batch, CaptureOptions, ChatMessage, Encoded, HookPoint, Hooks, Model, PaddingSide, Tokenizer,
 };
+use std::collections::BTreeSet;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-/// One document of the corpus.
+/// One document of the corpus: a text, or a chat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorpusDoc {
     /// Stable id (e.g. the line number): resumption and `shard i/n` partitioning key on it.
     pub id: i64,
-    /// The text, encoded by each model's tokenizer with its default special tokens.
+    /// The text, encoded by each model's tokenizer with its default special tokens; for a chat, the
+    /// shared content text ([`crate::chat::chat_content_text`]), in whose characters
+    /// [`PositionFilter::Matching`] and [`PositionFilter::Spans`] work.
     pub text: String,
-    /// Character spans `[start, end)` for [`PositionFilter::Spans`].
+    /// Character spans `[start, end)` of `text` for [`PositionFilter::Spans`].
     pub spans: Vec<(usize, usize)>,
+    /// The conversation, rendered by each model's chat template; `None` for a plain text.
+    pub messages: Option<Vec<ChatMessage>>,
 }
 
 impl CorpusDoc {
-    /// A document without spans.
+    /// A text document without spans.
     pub fn new(id: i64, text: impl Into<String>) -> Self {
         Self {
             id,
             text: text.into(),
             spans: Vec::new(),
+            messages: None,
+        }
+    }
+
+    /// A chat document; its `text` is the messages' contents joined by newlines.
+    pub fn chat(id: i64, messages: Vec<ChatMessage>) -> Self {
+        Self {
+            id,
+            text: crate::chat::chat_content_text(&messages),
+            spans: Vec::new(),
+            messages: Some(messages),
         }
     }
 }
 
-/// Which (aligned) source positions become rows.
+/// Which (aligned) source positions become rows. `Matching` and `Spans` select source tokens by their
+/// span in the document's shared text (a chat's contents), so they never select chat-template tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum PositionFilter {
     /// Every aligned position.
@@ -114,6 +138,11 @@ pub struct CollectReport {
     pub target_tokens: u64,
     /// Alignment keep rates over the written documents.
     pub keep: KeepReport,
+    /// Source tokens with no span in the shared text (special tokens, chat-template text): never paired
+    /// under [`Alignment::CharEnd`]; included in `keep.total_a`.
+    pub source_outside: u64,
+    /// Target tokens with no span in the shared text; included in `keep.total_b`.
+    pub target_outside: u64,
     /// Wall time in seconds.
     pub seconds: f64,
 }
@@ -139,18 +168,57 @@ fn occurrences(text: &str, pattern: &str) -> Vec<(usize, usize)> {
         .collect()
 }
 
-fn encode(side: &ModelSide<'_>, doc: &CorpusDoc, max_tokens: usize) -> Result<Encoded> {
-    let mut e = side.tokenizer.encode(&doc.text, true)?;
-    if e.ids.is_empty() {
-        return Err(StoreError::BadRows {
-            doc_id: doc.id,
-            message: "the text encodes to no tokens".into(),
-        });
+fn encode(
+    side: &ModelSide<'_>,
+    doc: &CorpusDoc,
+    max_tokens: usize,
+    special_ids: &BTreeSet<i64>,
+) -> Result<DocEncoding> {
+    let bad = |message: String| StoreError::BadRows {
+        doc_id: doc.id,
+        message,
+    };
+    let mut e = match &doc.messages {
+        None => DocEncoding::text(side.tokenizer, &doc.text, special_ids)?,
+        Some(messages) => DocEncoding::chat(
+            side.tokenizer,
+            messages,
+            wants_generation_prompt(messages),
+            special_ids,
+        )
+        .map_err(|e| {
+            bad(format!(
+                "{e} (each model reads a chat through its own template)"
+            ))
+        })?,
+    };
+    if e.encoded.ids.is_empty() {
+        return Err(bad("the text encodes to no tokens".into()));
     }
-    e.ids.truncate(max_tokens);
-    e.offsets.truncate(max_tokens);
-    e.special.truncate(max_tokens);
+    e.truncate(max_tokens);
     Ok(e)
+}
+
+/// Pair the positions of two encodings of one document.
+fn pair(
+    strategy: Alignment,
+    doc: &CorpusDoc,
+    a: &DocEncoding,
+    b: &DocEncoding,
+) -> Result<crate::Aligned> {
+    match strategy {
+        Alignment::Identity if doc.messages.is_some() && a.encoded.text != b.encoded.text => {
+            Err(StoreError::BadRows {
+                doc_id: doc.id,
+                message:
+                    "identity alignment (identical tokenizers) needs identical renderings of the \
+                          chat, but the two chat templates render it differently"
+                        .into(),
+            })
+        }
+        Alignment::Identity => align(strategy, &a.encoded, &b.encoded),
+        Alignment::CharEnd => align(strategy, &a.shared_view(), &b.shared_view()),
+    }
 }
 
 /// Activations `[n_i, d]` of each sequence at the side's point (CPU, in `kind`), batched in `order`.
@@ -233,6 +301,11 @@ pub fn collect(
         }
     }
     let kind = spec.dtype.kind();
+    let src_special = special_token_ids(source.tokenizer);
+    let tgt_special = target
+        .as_ref()
+        .map(|t| special_token_ids(t.tokenizer))
+        .unwrap_or_default();
     let start = Instant::now();
     let mut report = CollectReport::default();
     let mut prog = Progress::default();
@@ -261,24 +334,24 @@ pub fn collect(
         }
         let src_enc = window
             .iter()
-            .map(|d| encode(&source, d, options.max_tokens))
+            .map(|d| encode(&source, d, options.max_tokens, &src_special))
             .collect::<Result<Vec<_>>>()?;
         let tgt_enc = match &target {
             Some(t) => Some(
                 window
                     .iter()
-                    .map(|d| encode(t, d, options.max_tokens))
+                    .map(|d| encode(t, d, options.max_tokens, &tgt_special))
                     .collect::<Result<Vec<_>>>()?,
             ),
             None => None,
         };
         // Longest first, so each batch holds similar lengths.
-        let by_len = |enc: &[Encoded]| {
+        let by_len = |enc: &[DocEncoding]| {
             let mut order: Vec<usize> = (0..enc.len()).collect();
-            order.sort_by_key(|&i| std::cmp::Reverse(enc[i].ids.len()));
+            order.sort_by_key(|&i| std::cmp::Reverse(enc[i].encoded.ids.len()));
             order
         };
-        let src_refs: Vec<&Encoded> = src_enc.iter().collect();
+        let src_refs: Vec<&Encoded> = src_enc.iter().map(|e| &e.encoded).collect();
         let src_acts = run_side(
             &source,
             &src_refs,
@@ -288,21 +361,27 @@ pub fn collect(
         )?;
         let tgt_acts = match (&target, &tgt_enc) {
             (Some(t), Some(enc)) => {
-                let refs: Vec<&Encoded> = enc.iter().collect();
+                let refs: Vec<&Encoded> = enc.iter().map(|e| &e.encoded).collect();
                 Some(run_side(t, &refs, &by_len(enc), options.batch_size, kind)?)
             }
             _ => None,
         };
         for (k, doc) in window.iter().enumerate() {
-            let se = &src_enc[k];
+            let sd = &src_enc[k];
+            let se = &sd.encoded;
             let pairs: Vec<(usize, usize)> = match &tgt_enc {
                 Some(te) => {
                     // After truncation CharEnd simply pairs within the shorter prefix.
-                    let aligned = align(spec.alignment, se, &te[k])?;
+                    let aligned = pair(spec.alignment, doc, sd, &te[k])?;
                     report.keep.merge(&aligned.report);
+                    report.source_outside += sd.outside() as u64;
+                    report.target_outside += te[k].outside() as u64;
                     aligned.pairs
                 }
-                None => (0..se.ids.len()).map(|i| (i, i)).collect(),
+                None => {
+                    report.source_outside += sd.outside() as u64;
+                    (0..se.ids.len()).map(|i| (i, i)).collect()
+                }
             };
             let ranges = match &options.filter {
                 PositionFilter::Matching(p) => occurrences(&doc.text, p),
@@ -314,9 +393,9 @@ pub fn collect(
                 PositionFilter::Last => pairs.last().copied().into_iter().collect(),
                 PositionFilter::Matching(_) | PositionFilter::Spans => pairs
                     .into_iter()
-                    .filter(|&(i, _)| {
-                        let (s, e) = se.offsets[i];
-                        s < e && ranges.iter().any(|&(a, b)| s < b && a < e)
+                    .filter(|&(i, _)| match sd.shared[i] {
+                        Some((s, e)) => ranges.iter().any(|&(a, b)| s < b && a < e),
+                        None => false,
                     })
                     .collect(),
             };
@@ -333,12 +412,14 @@ pub fn collect(
             let yi: Vec<i64> = keep.iter().map(|&(_, j)| j as i64).collect();
             let x = side(&src_acts[k], se, xi)?;
             let y = match (&tgt_acts, &tgt_enc) {
-                (Some(acts), Some(enc)) => Some(side(&acts[k], &enc[k], yi)?),
+                (Some(acts), Some(enc)) => Some(side(&acts[k], &enc[k].encoded, yi)?),
                 _ => None,
             };
             report.rows += keep.len() as u64;
             report.source_tokens += se.ids.len() as u64;
-            report.target_tokens += tgt_enc.as_ref().map_or(0, |t| t[k].ids.len() as u64);
+            report.target_tokens += tgt_enc
+                .as_ref()
+                .map_or(0, |t| t[k].encoded.ids.len() as u64);
             writer.add(DocRows {
                 doc_id: doc.id,
                 x,

@@ -47,6 +47,15 @@ pub enum StoreError {
         /// Which field differs.
         message: String,
     },
+    /// Stores cannot be merged: the store named is incomplete, differs from the first store, shares
+    /// documents with another store, or is not a store.
+    #[error("cannot merge {}: {message}", store.display())]
+    Merge {
+        /// The store (input or output directory) concerned.
+        store: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// Rows handed to the writer are malformed (shapes, dtypes, duplicate documents).
     #[error("document {doc_id}: {message}")]
     BadRows {

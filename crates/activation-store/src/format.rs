@@ -20,6 +20,17 @@
 //!
 //! A shard is listed in the manifest only after it has been written completely (temporary file, fsync,
 //! rename), with its byte size and SHA-256; files not listed are leftovers of an interrupted run.
+//!
+//! # Merged stores
+//!
+//! [`crate::merge_stores`] writes a store that owns no shard files: its manifest (format version
+//! [`MERGED_FORMAT_VERSION`]) lists the shards of several worker stores by paths relative to its own
+//! directory (`../worker-1/shard-00000.safetensors`) and names those stores in [`Manifest::merged_from`].
+//! A merged manifest is accepted only when every shard path is `<one of merged_from>/shard-NNNNN.safetensors`,
+//! every `merged_from` entry is a relative path of plain names and `..` (no root, no `.`), and no shard is
+//! listed twice. Plain stores keep format version [`FORMAT_VERSION`] (1), so their manifests and shards are
+//! unchanged and older manifests read as before; a library that only knows version 1 refuses a merged store
+//! by its version instead of misreading it.
 
 use crate::align::{hex, Alignment, KeepReport};
 use crate::error::{Result, StoreError};
@@ -29,8 +40,11 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use tch::Kind;
 
-/// Version written to and required from `manifest.json`.
+/// Format version of a plain store's `manifest.json` (written by [`crate::StoreWriter`]; also recorded in
+/// every shard's header metadata).
 pub const FORMAT_VERSION: u32 = 1;
+/// Format version of a merged store's `manifest.json` (shards listed by relative paths into other stores).
+pub const MERGED_FORMAT_VERSION: u32 = 2;
 /// Name of the manifest file inside a store directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Default shard byte budget: 256 MiB.
@@ -96,7 +110,9 @@ pub struct ModelEntry {
     pub dim: i64,
 }
 
-/// What a store holds, independent of its shards: a resumed or merged store must agree on all of it.
+/// What a store holds, independent of its shards. A resumed store must agree on all of it; stores merged by
+/// [`crate::merge_stores`] on all of it except the checkpoint directories ([`ModelEntry::dir`]: workers on
+/// different hosts load the same checkpoint from different paths).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreSpec {
     /// The source model (`x`).
@@ -114,7 +130,8 @@ pub struct StoreSpec {
 /// One shard as listed in the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardEntry {
-    /// File name inside the store directory.
+    /// File name inside the store directory; in a merged store, a relative path into one of the stores in
+    /// [`Manifest::merged_from`] (`../worker-1/shard-00000.safetensors`).
     pub file: String,
     /// Rows it holds.
     pub rows: u64,
@@ -133,7 +150,7 @@ pub struct ShardEntry {
 /// `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// [`FORMAT_VERSION`].
+    /// [`FORMAT_VERSION`], or [`MERGED_FORMAT_VERSION`] for a merged store.
     pub format_version: u32,
     /// Models, dims, dtype, alignment, seed.
     #[serde(flatten)]
@@ -142,6 +159,10 @@ pub struct Manifest {
     pub shards: Vec<ShardEntry>,
     /// `true` once the writer was finished; `false` while a collection is running or was interrupted.
     pub complete: bool,
+    /// For a merged store: the stores whose shards it lists, as paths relative to its directory (empty,
+    /// and absent from the JSON, for a plain store).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
 }
 
 impl Manifest {
@@ -167,11 +188,11 @@ impl Manifest {
             path: path.clone(),
             source,
         })?;
-        if m.format_version != FORMAT_VERSION {
+        if m.format_version != FORMAT_VERSION && m.format_version != MERGED_FORMAT_VERSION {
             return Err(StoreError::Manifest {
                 path,
                 message: format!(
-                    "format version {} (this library reads {FORMAT_VERSION})",
+                    "format version {} (this library reads {FORMAT_VERSION} and {MERGED_FORMAT_VERSION})",
                     m.format_version
                 ),
             });
@@ -189,19 +210,65 @@ impl Manifest {
         if let Some(t) = &m.spec.target {
             check(t, "target")?;
         }
-        for (i, s) in m.shards.iter().enumerate() {
-            if s.file != shard_file_name(i) {
-                return Err(StoreError::Manifest {
-                    path,
-                    message: format!(
+        let bad = |message: String| StoreError::Manifest {
+            path: path.clone(),
+            message,
+        };
+        if m.is_merged() {
+            if m.format_version != MERGED_FORMAT_VERSION {
+                return Err(bad(format!(
+                    "merged_from is set but the format version is {}",
+                    m.format_version
+                )));
+            }
+            for input in &m.merged_from {
+                check_relative_dir(input)
+                    .map_err(|e| bad(format!("merged_from {input:?}: {e}")))?;
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, s) in m.shards.iter().enumerate() {
+                let p = Path::new(&s.file);
+                let in_input = p
+                    .parent()
+                    .is_some_and(|parent| m.merged_from.iter().any(|d| Path::new(d) == parent));
+                let named = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(is_shard_file_name);
+                if !in_input || !named {
+                    return Err(bad(format!(
+                        "shard {i} is {:?}: a merged store lists shard-NNNNN.safetensors files of the \
+                         stores in merged_from only",
+                        s.file
+                    )));
+                }
+                if !seen.insert(s.file.as_str()) {
+                    return Err(bad(format!("shard {:?} is listed twice", s.file)));
+                }
+            }
+        } else {
+            if m.format_version != FORMAT_VERSION {
+                return Err(bad(format!(
+                    "format version {} without merged_from (plain stores are version {FORMAT_VERSION})",
+                    m.format_version
+                )));
+            }
+            for (i, s) in m.shards.iter().enumerate() {
+                if s.file != shard_file_name(i) {
+                    return Err(bad(format!(
                         "shard {i} is named {:?}, expected {:?}",
                         s.file,
                         shard_file_name(i)
-                    ),
-                });
+                    )));
+                }
             }
         }
         Ok(m)
+    }
+
+    /// Whether this is a merged store (its shards belong to the stores in [`Manifest::merged_from`]).
+    pub fn is_merged(&self) -> bool {
+        !self.merged_from.is_empty()
     }
 
     /// Write `dir/manifest.json` atomically (temporary file, fsync, rename, fsync of the directory).
@@ -250,7 +317,33 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
-/// Path of a listed shard.
+/// Path of a listed shard (relative entries of merged stores resolve against the store directory).
 pub(crate) fn shard_path(dir: &Path, entry: &ShardEntry) -> PathBuf {
     dir.join(&entry.file)
+}
+
+/// Whether `name` is `shard-NNNNN.safetensors` (five or more digits).
+pub(crate) fn is_shard_file_name(name: &str) -> bool {
+    name.strip_prefix("shard-")
+        .and_then(|r| r.strip_suffix(".safetensors"))
+        .is_some_and(|n| n.len() >= 5 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A `merged_from` entry must be a non-empty relative path of plain names and `..`.
+fn check_relative_dir(p: &str) -> std::result::Result<(), &'static str> {
+    use std::path::Component;
+    let path = Path::new(p);
+    if p.is_empty() {
+        return Err("empty path");
+    }
+    for c in path.components() {
+        match c {
+            Component::Normal(_) | Component::ParentDir => {}
+            Component::RootDir | Component::Prefix(_) => return Err(
+                "absolute paths are not allowed (merged stores refer to their inputs relatively)",
+            ),
+            Component::CurDir => return Err("`.` components are not allowed"),
+        }
+    }
+    Ok(())
 }

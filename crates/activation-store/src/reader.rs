@@ -1,14 +1,35 @@
 //! Reading a store: verification on open, streaming shuffled batches, whole documents, statistics.
+//!
+//! # Memory and shuffling
+//!
+//! [`StoreReader::batches`] keeps one shuffle buffer of at most [`BatchOptions::buffer_bytes`] of rows
+//! (default [`DEFAULT_BUFFER_BYTES`], 512 MiB) plus the batch being handed out: memory does not depend on
+//! the store or shard size. Each shard is cut into chunks of about 1/64 of the buffer (8 MiB by default);
+//! an epoch visits the chunks of the whole store in a seeded random order, reads as many as fit into the
+//! buffer (positioned reads from the page cache straight into the buffer, only the rows of the requested
+//! split), and hands out batches copied row by row through a random permutation of the buffered rows.
+//! A buffer therefore mixes rows from 64 random places of the store rather than whole shards in
+//! sequence, and no whole-buffer copy is ever made: shuffling costs one copy of each row into its batch.
+//! Rows a refill leaves over (fewer than a batch) move to the front of the next buffer.
+//!
+//! Shards are read, not memory-mapped: mapped pages count towards the resident set, so a mapping would put
+//! the page cache into the reader's RSS. The buffer of a finished epoch is kept for the next one (a fresh
+//! 512 MiB buffer costs 131 072 page faults); [`StoreReader::release_buffer`] frees it. Peak resident
+//! memory is therefore the buffer, the batches the caller holds, and libtorch itself (about 110 MB): about
+//! 0.65-0.75 GB with the default buffer, for any store size (`tests/scale.rs`, `benches/store_bench.rs`).
 
 use crate::error::{Result, StoreError};
 use crate::format::{sha256_file, shard_path, Manifest};
+use crate::shard::{gather_rows, move_rows_to_front, ShardLayout};
 use crate::stats::RunningStats;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use rosetta_model_hooks::SafetensorsSet;
+use std::collections::VecDeque;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use tch::{Device, Tensor};
+use std::sync::Mutex;
+use tch::{Device, Kind, Tensor};
 
 /// A document-level train/validation split: a document is in exactly one part, decided by a hash of its id
 /// and the seed alone (independent of shard layout, batch size and shuffling).
@@ -87,12 +108,20 @@ pub struct Document {
     pub y_positions: Vec<i64>,
 }
 
+/// Default shuffle buffer of [`StoreReader::batches`]: 512 MiB of rows (activations and document ids).
+pub const DEFAULT_BUFFER_BYTES: u64 = 512 << 20;
+/// A buffer is filled from chunks of about `1 / CHUNKS_PER_BUFFER` of its size.
+const CHUNKS_PER_BUFFER: i64 = 64;
+/// Rows per read of [`StoreReader::stats`]: about this many bytes.
+const STATS_CHUNK_BYTES: u64 = 16 << 20;
+
 /// Options of [`StoreReader::batches`] beyond the common ones.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchOptions {
-    /// Shards loaded into the shuffle buffer at once (memory bound: this many shards' rows plus one
-    /// batch). Default 4.
-    pub buffer_shards: usize,
+    /// Byte budget of the shuffle buffer (activation rows plus 8 bytes of document id per row). The
+    /// buffer holds at least two batches whatever the budget, and never more rows than the store.
+    /// Default [`DEFAULT_BUFFER_BYTES`] (512 MiB).
+    pub buffer_bytes: u64,
     /// Drop a final batch smaller than the batch size. Default false (every row is yielded).
     pub drop_last: bool,
 }
@@ -100,78 +129,104 @@ pub struct BatchOptions {
 impl Default for BatchOptions {
     fn default() -> Self {
         Self {
-            buffer_shards: 4,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
             drop_last: false,
         }
     }
 }
 
+/// A shuffle buffer: `x` `[rows, d_src]` and `y` `[rows, d_tgt]`.
+type Buffer = (Tensor, Option<Tensor>);
+
 /// A store opened for reading; every shard was checked against the manifest (size, header, shapes).
 pub struct StoreReader {
     dir: PathBuf,
     manifest: Manifest,
+    layouts: Vec<ShardLayout>,
+    /// The shuffle buffer of the last finished epoch, kept for the next one: a fresh 512 MiB buffer
+    /// costs 131 072 page faults (a third of an epoch's time on a 1 GB store).
+    spare: Mutex<Option<Buffer>>,
+}
+
+/// Runs `[a, b)` of consecutive rows whose document is in `split` (documents are contiguous in a shard).
+fn runs_in(doc_ids: &[i64], split: Split) -> Vec<(usize, usize)> {
+    if split == Split::All {
+        return if doc_ids.is_empty() {
+            Vec::new()
+        } else {
+            vec![(0, doc_ids.len())]
+        };
+    }
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut r = 0;
+    while r < doc_ids.len() {
+        let d = doc_ids[r];
+        let mut e = r + 1;
+        while e < doc_ids.len() && doc_ids[e] == d {
+            e += 1;
+        }
+        if split.contains(d) {
+            match runs.last_mut() {
+                Some(last) if last.1 == r => last.1 = e,
+                _ => runs.push((r, e)),
+            }
+        }
+        r = e;
+    }
+    runs
 }
 
 impl StoreReader {
     /// Open a store and verify, for every listed shard, that the file exists, has the manifest's byte
-    /// size, parses as safetensors and holds the expected tensors with the manifest's row count, dims and
-    /// dtype. A missing, truncated or malformed shard is refused with an error naming it.
+    /// size, and that its safetensors header holds the expected tensors with the manifest's row count,
+    /// dims and dtype, at data ranges inside the file. A missing, truncated or malformed shard is refused
+    /// with an error naming it. Shards of a merged store are found relative to `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let manifest = Manifest::read(&dir)?;
-        let reader = Self { dir, manifest };
-        for i in 0..reader.manifest.shards.len() {
-            reader.check_shard(i)?;
-        }
-        Ok(reader)
+        let layouts = manifest
+            .shards
+            .iter()
+            .map(|e| ShardLayout::parse(&shard_path(&dir, e), e, &manifest.spec))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            dir,
+            manifest,
+            layouts,
+            spare: Mutex::new(None),
+        })
     }
 
-    fn check_shard(&self, i: usize) -> Result<()> {
-        let entry = &self.manifest.shards[i];
-        let path = shard_path(&self.dir, entry);
-        let size = std::fs::metadata(&path)
-            .map_err(|e| StoreError::shard(&path, format!("cannot stat: {e}")))?
-            .len();
-        if size != entry.bytes {
-            return Err(StoreError::shard(
-                &path,
-                format!(
-                    "{size} bytes on disk but the manifest lists {} (truncated or overwritten)",
-                    entry.bytes
-                ),
-            ));
+    /// Free the shuffle buffer kept from the last epoch of [`StoreReader::batches`] (it is otherwise
+    /// reused by the next epoch, and freed with the reader).
+    pub fn release_buffer(&self) {
+        if let Ok(mut spare) = self.spare.lock() {
+            *spare = None;
         }
-        let set = SafetensorsSet::open_file(&path)
-            .map_err(|e| StoreError::shard(&path, format!("unreadable header: {e}")))?;
-        let spec = &self.manifest.spec;
-        let rows = entry.rows as i64;
-        let dt = spec.dtype.safetensors_name();
-        let mut expect: Vec<(&str, Vec<i64>, &str)> = vec![
-            ("x", vec![rows, spec.source.dim], dt),
-            ("x_token_ids", vec![rows], "I64"),
-            ("x_positions", vec![rows], "I64"),
-            ("doc_ids", vec![rows], "I64"),
-        ];
-        if let Some(t) = &spec.target {
-            expect.push(("y", vec![rows, t.dim], dt));
-            expect.push(("y_token_ids", vec![rows], "I64"));
-            expect.push(("y_positions", vec![rows], "I64"));
-        }
-        for (name, shape, dtype) in expect {
-            let meta = set
-                .meta(name)
-                .ok_or_else(|| StoreError::shard(&path, format!("no tensor {name:?}")))?;
-            if meta.shape != shape || meta.dtype != dtype {
-                return Err(StoreError::shard(
-                    &path,
-                    format!(
-                        "tensor {name:?} is {} {:?}, the manifest implies {dtype} {shape:?}",
-                        meta.dtype, meta.shape
-                    ),
-                ));
+    }
+
+    /// A shuffle buffer of at least `rows` rows: the spare one when large enough, else a new one.
+    fn take_buffer(&self, rows: i64) -> Result<Buffer> {
+        let spare = self.spare.lock().ok().and_then(|mut s| s.take());
+        if let Some((x, y)) = spare {
+            if x.size()[0] >= rows {
+                let y = y.map(|y| y.f_narrow(0, 0, rows)).transpose()?;
+                return Ok((x.f_narrow(0, 0, rows)?, y));
             }
         }
-        Ok(())
+        self.empty_xy(rows)
+    }
+
+    /// Keep a buffer for the next epoch (the larger one when there is one already).
+    fn give_back_buffer(&self, buffer: Buffer) {
+        if let Ok(mut spare) = self.spare.lock() {
+            let keep = spare
+                .as_ref()
+                .is_none_or(|(x, _)| x.size()[0] < buffer.0.size()[0]);
+            if keep {
+                *spare = Some(buffer);
+            }
+        }
     }
 
     /// Check every shard's SHA-256 against the manifest (reads the whole store).
@@ -207,63 +262,105 @@ impl StoreReader {
         self.manifest.rows()
     }
 
-    fn open_shard(&self, i: usize) -> Result<(PathBuf, SafetensorsSet)> {
-        let entry = self.manifest.shards.get(i).ok_or_else(|| {
-            StoreError::InvalidArgument(format!(
-                "shard {i} out of range ({} shards)",
-                self.manifest.shards.len()
-            ))
-        })?;
-        let path = shard_path(&self.dir, entry);
-        let set = SafetensorsSet::open_file(&path)
-            .map_err(|e| StoreError::shard(&path, format!("unreadable: {e}")))?;
-        Ok((path, set))
+    /// Bytes of activations in one row: `(d_src + d_tgt) * dtype size`.
+    pub fn activation_bytes_per_row(&self) -> u64 {
+        let spec = &self.manifest.spec;
+        let d = spec.source.dim + spec.target.as_ref().map_or(0, |t| t.dim);
+        d as u64 * spec.dtype.size()
     }
 
-    fn load(set: &SafetensorsSet, path: &Path, name: &str) -> Result<Tensor> {
-        set.load(name, None, Device::Cpu)
-            .map_err(|e| StoreError::shard(path, format!("loading {name:?}: {e}")))
+    /// Bytes one row takes in a shuffle buffer (activations and document id).
+    fn buffer_row_bytes(&self) -> u64 {
+        self.activation_bytes_per_row() + 8
+    }
+
+    fn layout(&self, i: usize) -> Result<&ShardLayout> {
+        self.layouts.get(i).ok_or_else(|| {
+            StoreError::InvalidArgument(format!(
+                "shard {i} out of range ({} shards)",
+                self.layouts.len()
+            ))
+        })
+    }
+
+    fn empty(&self, rows: i64, dim: i64) -> Result<Tensor> {
+        let kind: Kind = self.manifest.spec.dtype.kind();
+        Ok(Tensor::f_empty([rows, dim], (kind, Device::Cpu))?)
+    }
+
+    fn empty_xy(&self, rows: i64) -> Result<(Tensor, Option<Tensor>)> {
+        let spec = &self.manifest.spec;
+        let x = self.empty(rows, spec.source.dim)?;
+        let y = match &spec.target {
+            Some(t) => Some(self.empty(rows, t.dim)?),
+            None => None,
+        };
+        Ok((x, y))
+    }
+
+    /// Read the rows of `runs` (relative to `start`) of an open shard into rows `at..` of `x` / `y`,
+    /// appending their document ids; returns the rows read.
+    #[allow(clippy::too_many_arguments)]
+    fn read_runs(
+        layout: &ShardLayout,
+        file: &File,
+        start: u64,
+        ids: &[i64],
+        runs: &[(usize, usize)],
+        x: &Tensor,
+        y: Option<&Tensor>,
+        at: i64,
+        doc_ids: &mut Vec<i64>,
+    ) -> Result<i64> {
+        let mut w = at;
+        for &(a, b) in runs {
+            let n = (b - a) as u64;
+            layout.read_rows_into(file, layout.x, start + a as u64, n, x, w)?;
+            if let (Some(range), Some(y)) = (layout.y, y) {
+                layout.read_rows_into(file, range, start + a as u64, n, y, w)?;
+            }
+            doc_ids.extend_from_slice(&ids[a..b]);
+            w += n as i64;
+        }
+        Ok(w - at)
     }
 
     /// Document id of every row of shard `i`.
     pub fn shard_doc_ids(&self, i: usize) -> Result<Vec<i64>> {
-        let (path, set) = self.open_shard(i)?;
-        Ok(Vec::<i64>::try_from(&Self::load(&set, &path, "doc_ids")?)?)
+        let l = self.layout(i)?;
+        let f = l.open()?;
+        l.read_i64(&f, l.doc_ids, 0, l.rows)
     }
 
-    /// Load shard `i`'s rows that belong to `split` as one batch.
-    pub fn load_shard(&self, i: usize, split: Split) -> Result<StoreBatch> {
-        let (path, set) = self.open_shard(i)?;
-        let doc_ids = Self::load(&set, &path, "doc_ids")?;
-        let x = Self::load(&set, &path, "x")?;
-        let y = match self.manifest.spec.target {
-            Some(_) => Some(Self::load(&set, &path, "y")?),
-            None => None,
-        };
-        if split == Split::All {
-            return Ok(StoreBatch { x, y, doc_ids });
-        }
-        let ids = Vec::<i64>::try_from(&doc_ids)?;
-        let keep: Vec<i64> = ids
-            .iter()
-            .enumerate()
-            .filter(|(_, &d)| split.contains(d))
-            .map(|(r, _)| r as i64)
-            .collect();
-        let idx = Tensor::from_slice(&keep);
+    /// Rows `start..start + n` of shard `i` that belong to `split`, in store order, as one batch.
+    pub fn read_rows(&self, i: usize, start: u64, n: u64, split: Split) -> Result<StoreBatch> {
+        let l = self.layout(i)?;
+        let f = l.open()?;
+        let ids = l.read_i64(&f, l.doc_ids, start, n)?;
+        let runs = runs_in(&ids, split);
+        let total: i64 = runs.iter().map(|&(a, b)| (b - a) as i64).sum();
+        let (x, y) = self.empty_xy(total)?;
+        let mut doc_ids = Vec::with_capacity(total as usize);
+        Self::read_runs(l, &f, start, &ids, &runs, &x, y.as_ref(), 0, &mut doc_ids)?;
         Ok(StoreBatch {
-            x: x.f_index_select(0, &idx)?,
-            y: y.map(|y| y.f_index_select(0, &idx)).transpose()?,
-            doc_ids: doc_ids.f_index_select(0, &idx)?,
+            x,
+            y,
+            doc_ids: Tensor::from_slice(&doc_ids),
         })
     }
 
-    /// Stream batches of `batch_size` rows of `split` for one epoch.
+    /// Load shard `i`'s rows that belong to `split` as one batch (memory: the whole shard).
+    pub fn load_shard(&self, i: usize, split: Split) -> Result<StoreBatch> {
+        let rows = self.layout(i)?.rows;
+        self.read_rows(i, 0, rows, split)
+    }
+
+    /// Stream batches of `batch_size` rows of `split` for one epoch, with the default [`BatchOptions`].
     ///
-    /// With `shuffle_seed = Some(s)` the shard order is shuffled and rows are shuffled within a buffer of
-    /// [`BatchOptions::buffer_shards`] shards (plus the rows left over from the previous buffer); pass a
-    /// different seed per epoch (e.g. `seed + epoch`). With `None`, rows come in store order. Every row of
-    /// the split is yielded exactly once per epoch. Memory is bounded by the buffer, not the store size.
+    /// With `shuffle_seed = Some(s)` the store's chunks are visited in a random order and rows are
+    /// shuffled within the buffer (see the module docs); pass a different seed per epoch (e.g.
+    /// `seed + epoch`). With `None`, rows come in store order. Every row of the split is yielded exactly
+    /// once per epoch. Memory is bounded by the buffer, not the store size.
     pub fn batches(
         &self,
         batch_size: usize,
@@ -281,43 +378,62 @@ impl StoreReader {
         split: Split,
         options: BatchOptions,
     ) -> Result<Batches<'_>> {
-        if batch_size == 0 || options.buffer_shards == 0 {
+        if batch_size == 0 || options.buffer_bytes == 0 {
             return Err(StoreError::InvalidArgument(
-                "batch_size and buffer_shards must be > 0".into(),
+                "batch_size and buffer_bytes must be > 0".into(),
             ));
         }
-        let mut order: Vec<usize> = (0..self.manifest.shards.len()).collect();
+        let batch = batch_size as i64;
+        let budget_rows = ((options.buffer_bytes / self.buffer_row_bytes()) as i64).max(2 * batch);
+        let chunk_rows = (budget_rows / CHUNKS_PER_BUFFER).max(1) as u64;
+        let capacity = budget_rows.min(self.rows() as i64);
+        let mut chunks = Vec::new();
+        for (i, l) in self.layouts.iter().enumerate() {
+            let mut start = 0;
+            while start < l.rows {
+                let n = chunk_rows.min(l.rows - start);
+                chunks.push((i, start, n));
+                start += n;
+            }
+        }
         let mut rng = shuffle_seed.map(StdRng::seed_from_u64);
         if let Some(rng) = rng.as_mut() {
-            order.shuffle(rng);
+            chunks.shuffle(rng);
         }
         Ok(Batches {
             reader: self,
-            order,
+            chunks,
             next: 0,
-            batch_size: batch_size as i64,
+            batch_size: batch,
             split,
-            options,
+            drop_last: options.drop_last,
             rng,
-            buf: None,
+            capacity,
+            x: None,
+            y: None,
+            doc_ids: Vec::new(),
+            order: Vec::new(),
             cursor: 0,
             failed: false,
             peak: 0,
         })
     }
 
-    /// Iterate whole documents of `split` in store order, one shard in memory at a time.
+    /// Iterate whole documents of `split` in store order (memory: one document at a time, plus the
+    /// current shard's token ids and positions).
     pub fn documents(&self, split: Split) -> Documents<'_> {
         Documents {
             reader: self,
             split,
-            shard: 0,
-            pending: Vec::new(),
+            next_shard: 0,
+            shard: None,
+            pending: VecDeque::new(),
             failed: false,
         }
     }
 
-    /// Running statistics of `x` and (paired stores) `y` over the rows of `split`.
+    /// Running statistics of `x` and (paired stores) `y` over the rows of `split` (read in pieces of
+    /// about 16 MiB).
     pub fn stats(&self, split: Split) -> Result<(RunningStats, Option<RunningStats>)> {
         let spec = &self.manifest.spec;
         let mut sx = RunningStats::new(spec.source.dim as usize);
@@ -325,11 +441,17 @@ impl StoreReader {
             .target
             .as_ref()
             .map(|t| RunningStats::new(t.dim as usize));
-        for i in 0..self.manifest.shards.len() {
-            let b = self.load_shard(i, split)?;
-            sx.update(&b.x)?;
-            if let (Some(s), Some(y)) = (sy.as_mut(), b.y.as_ref()) {
-                s.update(y)?;
+        let step = (STATS_CHUNK_BYTES / self.buffer_row_bytes()).max(1);
+        for (i, l) in self.layouts.iter().enumerate() {
+            let mut start = 0;
+            while start < l.rows {
+                let n = step.min(l.rows - start);
+                let b = self.read_rows(i, start, n, split)?;
+                sx.update(&b.x)?;
+                if let (Some(s), Some(y)) = (sy.as_mut(), b.y.as_ref()) {
+                    s.update(y)?;
+                }
+                start += n;
             }
         }
         Ok((sx, sy))
@@ -339,95 +461,136 @@ impl StoreReader {
 /// Iterator over shuffled batches; see [`StoreReader::batches`].
 pub struct Batches<'a> {
     reader: &'a StoreReader,
-    order: Vec<usize>,
+    /// `(shard, first row, rows)` in visiting order.
+    chunks: Vec<(usize, u64, u64)>,
     next: usize,
     batch_size: i64,
     split: Split,
-    options: BatchOptions,
+    drop_last: bool,
     rng: Option<StdRng>,
-    buf: Option<StoreBatch>,
-    cursor: i64,
+    capacity: i64,
+    x: Option<Tensor>,
+    y: Option<Tensor>,
+    /// Document id of each buffered row.
+    doc_ids: Vec<i64>,
+    /// Buffered rows in the order they are handed out.
+    order: Vec<i64>,
+    cursor: usize,
     failed: bool,
     peak: i64,
 }
 
 impl Batches<'_> {
-    /// Most rows the shuffle buffer has held so far: at most `buffer_shards` shards' rows plus fewer than
-    /// `batch_size` rows carried over, whatever the store size.
+    /// Most rows the shuffle buffer has held so far: at most [`Batches::capacity_rows`], whatever the
+    /// store size.
     pub fn peak_buffer_rows(&self) -> i64 {
         self.peak
     }
 
-    fn buffered(&self) -> i64 {
-        self.buf.as_ref().map_or(0, |b| b.x.size()[0]) - self.cursor
+    /// Rows the shuffle buffer can hold: [`BatchOptions::buffer_bytes`] over the bytes of a row, at least
+    /// two batches, at most the store's rows.
+    pub fn capacity_rows(&self) -> i64 {
+        self.capacity
     }
 
-    fn slice(&self, len: i64) -> Result<Option<StoreBatch>> {
-        let Some(b) = self.buf.as_ref() else {
-            return Ok(None);
-        };
-        Ok(Some(StoreBatch {
-            x: b.x.f_narrow(0, self.cursor, len)?,
-            y: b.y
-                .as_ref()
-                .map(|y| y.f_narrow(0, self.cursor, len))
-                .transpose()?,
-            doc_ids: b.doc_ids.f_narrow(0, self.cursor, len)?,
-        }))
+    fn buffered(&self) -> usize {
+        self.order.len() - self.cursor
     }
 
-    /// Load the next group of shards behind the leftover rows and shuffle the buffer.
+    fn release(&mut self) {
+        if let Some(x) = self.x.take() {
+            self.reader.give_back_buffer((x, self.y.take()));
+        }
+    }
+
+    /// Move the rows left over to the front of the buffer, then fill it with the next chunks and draw a
+    /// new order.
     fn refill(&mut self) -> Result<()> {
-        let mut parts: Vec<StoreBatch> = Vec::new();
-        let left = self.buffered();
-        if left > 0 {
-            if let Some(rest) = self.slice(left)? {
-                parts.push(rest);
+        if self.x.is_none() {
+            let (x, y) = self.reader.take_buffer(self.capacity)?;
+            self.x = Some(x);
+            self.y = y;
+        }
+        let left: Vec<i64> = self.order[self.cursor..].to_vec();
+        let n_left = left.len() as i64;
+        let mut doc_ids: Vec<i64> = left.iter().map(|&r| self.doc_ids[r as usize]).collect();
+        if n_left > 0 {
+            for buf in [self.x.as_ref(), self.y.as_ref()].into_iter().flatten() {
+                move_rows_to_front(buf, &left)?;
             }
         }
-        let end = (self.next + self.options.buffer_shards).min(self.order.len());
-        for &i in &self.order[self.next..end] {
-            parts.push(self.reader.load_shard(i, self.split)?);
+        let mut filled = n_left;
+        let x = self.x.as_ref();
+        while let Some(&(shard, start, rows)) = self.chunks.get(self.next) {
+            if filled + rows as i64 > self.capacity {
+                if filled > n_left {
+                    break;
+                }
+                // Cannot happen: a chunk is at most 1/64 of the buffer and fewer than a batch is left.
+                return Err(StoreError::InvalidArgument(format!(
+                    "shuffle buffer of {} rows cannot take a chunk of {rows} rows",
+                    self.capacity
+                )));
+            }
+            let l = self.reader.layout(shard)?;
+            let f = l.open()?;
+            let ids = l.read_i64(&f, l.doc_ids, start, rows)?;
+            let runs = runs_in(&ids, self.split);
+            if let Some(x) = x {
+                filled += StoreReader::read_runs(
+                    l,
+                    &f,
+                    start,
+                    &ids,
+                    &runs,
+                    x,
+                    self.y.as_ref(),
+                    filled,
+                    &mut doc_ids,
+                )?;
+            }
+            self.next += 1;
         }
-        self.next = end;
-        let xs: Vec<&Tensor> = parts.iter().map(|p| &p.x).collect();
-        let ds: Vec<&Tensor> = parts.iter().map(|p| &p.doc_ids).collect();
-        let mut x = Tensor::f_cat(&xs, 0)?;
-        let mut doc_ids = Tensor::f_cat(&ds, 0)?;
-        let mut y = if self.reader.manifest.spec.target.is_some() {
-            let ys: Vec<&Tensor> = parts.iter().filter_map(|p| p.y.as_ref()).collect();
-            Some(Tensor::f_cat(&ys, 0)?)
-        } else {
-            None
-        };
+        self.doc_ids = doc_ids;
+        self.order = (0..filled).collect();
         if let Some(rng) = self.rng.as_mut() {
-            let mut perm: Vec<i64> = (0..x.size()[0]).collect();
-            perm.shuffle(rng);
-            let idx = Tensor::from_slice(&perm);
-            x = x.f_index_select(0, &idx)?;
-            doc_ids = doc_ids.f_index_select(0, &idx)?;
-            y = y.map(|y| y.f_index_select(0, &idx)).transpose()?;
+            self.order.shuffle(rng);
         }
-        self.peak = self.peak.max(x.size()[0]);
-        self.buf = Some(StoreBatch { x, y, doc_ids });
         self.cursor = 0;
+        self.peak = self.peak.max(filled);
         Ok(())
     }
 
     fn step(&mut self) -> Result<Option<StoreBatch>> {
-        while self.buffered() < self.batch_size && self.next < self.order.len() {
+        let batch = self.batch_size as usize;
+        while self.buffered() < batch && self.next < self.chunks.len() {
             self.refill()?;
         }
-        let left = self.buffered();
-        let take = left.min(self.batch_size);
-        if take == 0 || (take < self.batch_size && self.options.drop_last) {
-            self.buf = None;
+        let take = self.buffered().min(batch);
+        let (Some(x), true) = (
+            self.x.as_ref(),
+            take > 0 && (take == batch || !self.drop_last),
+        ) else {
+            // End of the epoch: hand the buffer back to the reader for the next one.
+            self.release();
+            self.order.clear();
+            self.doc_ids.clear();
             self.cursor = 0;
             return Ok(None);
-        }
-        let out = self.slice(take)?;
+        };
+        let rows = &self.order[self.cursor..self.cursor + take];
+        let out = StoreBatch {
+            x: gather_rows(x, rows)?,
+            y: self.y.as_ref().map(|y| gather_rows(y, rows)).transpose()?,
+            doc_ids: Tensor::from_slice(
+                &rows
+                    .iter()
+                    .map(|&r| self.doc_ids[r as usize])
+                    .collect::<Vec<i64>>(),
+            ),
+        };
         self.cursor += take;
-        Ok(out)
+        Ok(Some(out))
     }
 }
 
@@ -448,64 +611,86 @@ impl Iterator for Batches<'_> {
     }
 }
 
+impl Drop for Batches<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// Iterator over whole documents; see [`StoreReader::documents`].
 pub struct Documents<'a> {
     reader: &'a StoreReader,
     split: Split,
-    shard: usize,
-    pending: Vec<Document>,
+    next_shard: usize,
+    /// The shard being read: its index, open file and id columns.
+    shard: Option<(usize, File, ShardIds)>,
+    /// `(doc id, first row, rows)` of the current shard's documents still to yield.
+    pending: VecDeque<(i64, u64, u64)>,
     failed: bool,
 }
 
+/// A shard's token id and position columns (8 bytes per row and column: a small fraction of a shard).
+struct ShardIds {
+    x_token_ids: Vec<i64>,
+    x_positions: Vec<i64>,
+    y_token_ids: Vec<i64>,
+    y_positions: Vec<i64>,
+}
+
 impl Documents<'_> {
-    fn load_docs(&self, i: usize) -> Result<Vec<Document>> {
-        let (path, set) = self.reader.open_shard(i)?;
-        let load = |n: &str| StoreReader::load(&set, &path, n);
-        let vec = |n: &str| -> Result<Vec<i64>> { Ok(Vec::<i64>::try_from(&load(n)?)?) };
-        let doc_ids = vec("doc_ids")?;
-        let x = load("x")?;
-        let x_tok = vec("x_token_ids")?;
-        let x_pos = vec("x_positions")?;
-        let paired = self.reader.manifest.spec.target.is_some();
-        let (y, y_tok, y_pos) = if paired {
-            (Some(load("y")?), vec("y_token_ids")?, vec("y_positions")?)
-        } else {
-            (None, Vec::new(), Vec::new())
+    /// Open the next shard, read its id columns and list its documents of the split.
+    fn advance(&mut self) -> Result<()> {
+        let i = self.next_shard;
+        self.next_shard += 1;
+        let l = self.reader.layout(i)?;
+        let f = l.open()?;
+        let column = |r: Option<crate::shard::TensorRange>| -> Result<Vec<i64>> {
+            r.map_or(Ok(Vec::new()), |r| l.read_i64(&f, r, 0, l.rows))
         };
-        let mut docs = Vec::new();
-        let mut start = 0usize;
-        while start < doc_ids.len() {
-            let id = doc_ids[start];
-            let mut end = start;
-            while end < doc_ids.len() && doc_ids[end] == id {
-                end += 1;
+        let ids = column(Some(l.doc_ids))?;
+        let shard_ids = ShardIds {
+            x_token_ids: column(Some(l.x_token_ids))?,
+            x_positions: column(Some(l.x_positions))?,
+            y_token_ids: column(l.y_token_ids)?,
+            y_positions: column(l.y_positions)?,
+        };
+        let mut r = 0;
+        while r < ids.len() {
+            let d = ids[r];
+            let mut e = r + 1;
+            while e < ids.len() && ids[e] == d {
+                e += 1;
             }
-            if self.split.contains(id) {
-                let (s, n) = (start as i64, (end - start) as i64);
-                docs.push(Document {
-                    doc_id: id,
-                    x: x.f_narrow(0, s, n)?.f_contiguous()?,
-                    x_token_ids: x_tok[start..end].to_vec(),
-                    x_positions: x_pos[start..end].to_vec(),
-                    y: y.as_ref()
-                        .map(|y| y.f_narrow(0, s, n).and_then(|t| t.f_contiguous()))
-                        .transpose()?,
-                    y_token_ids: if paired {
-                        y_tok[start..end].to_vec()
-                    } else {
-                        Vec::new()
-                    },
-                    y_positions: if paired {
-                        y_pos[start..end].to_vec()
-                    } else {
-                        Vec::new()
-                    },
-                });
+            if self.split.contains(d) {
+                self.pending.push_back((d, r as u64, (e - r) as u64));
             }
-            start = end;
+            r = e;
         }
-        docs.reverse();
-        Ok(docs)
+        self.shard = Some((i, f, shard_ids));
+        Ok(())
+    }
+
+    fn read_doc(&self, doc_id: i64, start: u64, n: u64) -> Result<Document> {
+        let Some((i, f, ids)) = self.shard.as_ref() else {
+            return Err(StoreError::InvalidArgument("no shard open".into()));
+        };
+        let l = self.reader.layout(*i)?;
+        let (x, y) = self.reader.empty_xy(n as i64)?;
+        l.read_rows_into(f, l.x, start, n, &x, 0)?;
+        if let (Some(range), Some(y)) = (l.y, y.as_ref()) {
+            l.read_rows_into(f, range, start, n, y, 0)?;
+        }
+        let rows = start as usize..(start + n) as usize;
+        let part = |v: &[i64]| v.get(rows.clone()).map(<[i64]>::to_vec).unwrap_or_default();
+        Ok(Document {
+            doc_id,
+            x,
+            x_token_ids: part(&ids.x_token_ids),
+            x_positions: part(&ids.x_positions),
+            y,
+            y_token_ids: part(&ids.y_token_ids),
+            y_positions: part(&ids.y_positions),
+        })
     }
 }
 
@@ -517,21 +702,43 @@ impl Iterator for Documents<'_> {
             return None;
         }
         loop {
-            if let Some(d) = self.pending.pop() {
-                return Some(Ok(d));
+            if let Some((d, start, n)) = self.pending.pop_front() {
+                let doc = self.read_doc(d, start, n);
+                self.failed = doc.is_err();
+                return Some(doc);
             }
-            if self.shard >= self.reader.manifest.shards.len() {
+            if self.next_shard >= self.reader.layouts.len() {
+                self.shard = None;
                 return None;
             }
-            let i = self.shard;
-            self.shard += 1;
-            match self.load_docs(i) {
-                Ok(docs) => self.pending = docs,
-                Err(e) => {
-                    self.failed = true;
-                    return Some(Err(e));
-                }
+            if let Err(e) = self.advance() {
+                self.failed = true;
+                return Some(Err(e));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_follow_documents() {
+        let ids = [1, 1, 2, 2, 2, 3, 4, 4];
+        assert_eq!(runs_in(&ids, Split::All), vec![(0, 8)]);
+        assert!(runs_in(&[], Split::All).is_empty());
+        let split = DocSplit {
+            validation_fraction: 0.5,
+            seed: 11,
+        };
+        let train = runs_in(&ids, Split::Train(split));
+        let val = runs_in(&ids, Split::Validation(split));
+        let mut rows: Vec<usize> = train.iter().chain(&val).flat_map(|&(a, b)| a..b).collect();
+        rows.sort();
+        assert_eq!(rows, (0..8).collect::<Vec<_>>());
+        for &(a, b) in &train {
+            assert!(ids[a..b].iter().all(|&d| !split.is_validation(d)));
         }
     }
 }

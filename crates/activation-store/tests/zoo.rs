@@ -4,7 +4,7 @@
 
 use rosetta_activation_store::*;
 use rosetta_model_hooks::{
-    Batch, Encoded, HookPoint, Hooks, LoadOptions, Model, PaddingSide, Tokenizer,
+    Batch, ChatMessage, Encoded, HookPoint, Hooks, LoadOptions, Model, PaddingSide, Tokenizer,
 };
 use std::path::PathBuf;
 
@@ -169,6 +169,173 @@ fn special_tokens_in_text_are_never_paired() {
     check_pairs(&a, &b, &al);
     assert!(!al.pairs.iter().any(|p| p.1 == pos));
     assert!(al.report.kept > 5, "{:?}", al.report);
+}
+
+fn chats() -> Vec<Vec<ChatMessage>> {
+    vec![
+        vec![ChatMessage::user("Tell me a joke about cats.")],
+        vec![
+            ChatMessage::new("system", "You are a terse assistant. You are helpful."),
+            ChatMessage::user("What is the capital of France?"),
+        ],
+        vec![
+            ChatMessage::user("  Translate 'naïve café' into German, please.  "),
+            ChatMessage::new("assistant", "Naives Café."),
+            ChatMessage::user("And into Japanese? 東京 🦀"),
+        ],
+        vec![
+            ChatMessage::user("fn main() {\n    println!(\"hi\");\n}\nExplain this."),
+            ChatMessage::new("assistant", "It prints hi."),
+        ],
+    ]
+}
+
+/// Every kept pair of two chat encodings ends at the same content character, and every paired token's
+/// text is the content text at its shared span.
+fn check_chat_pairs(a: &DocEncoding, b: &DocEncoding, al: &Aligned) {
+    let rendered_a: Vec<char> = a.encoded.text.chars().collect();
+    let rendered_b: Vec<char> = b.encoded.text.chars().collect();
+    let shared: Vec<char> = a.shared_text.chars().collect();
+    let mut last = None;
+    for &(i, j) in &al.pairs {
+        let (sa, sb) = (a.shared[i].unwrap(), b.shared[j].unwrap());
+        assert_eq!(
+            sa.1, sb.1,
+            "pair ({i}, {j}) ends at different content characters"
+        );
+        assert!(!a.encoded.special[i] && !b.encoded.special[j]);
+        for (s, enc, rendered) in [(sa, a, &rendered_a), (sb, b, &rendered_b)] {
+            let (rs, re) = enc.encoded.offsets[if std::ptr::eq(enc, a) { i } else { j }];
+            assert_eq!(
+                rendered[rs..re],
+                shared[s.0..s.1],
+                "token text differs from the content at its shared span"
+            );
+        }
+        if let Some((pi, pj)) = last {
+            assert!(i > pi && j > pj, "pairs not increasing");
+        }
+        last = Some((i, j));
+    }
+}
+
+#[test]
+fn chats_align_on_message_contents() {
+    let (Some(ds), Some(dq), Some(dg)) = (zoo(SMOL), zoo(QWEN), zoo(GEMMA)) else {
+        return;
+    };
+    let (ts, tq, tg) = (
+        Tokenizer::from_dir(&ds).unwrap(),
+        Tokenizer::from_dir(&dq).unwrap(),
+        Tokenizer::from_dir(&dg).unwrap(),
+    );
+    let (ss, sq) = (special_token_ids(&ts), special_token_ids(&tq));
+    let mut total = KeepReport::default();
+    let (mut content_a, mut outside_a) = (0, 0);
+    for (k, chat) in chats().iter().enumerate() {
+        let gen = k % 2 == 0;
+        let a = DocEncoding::chat(&ts, chat, gen, &ss).unwrap();
+        let b = DocEncoding::chat(&tq, chat, gen, &sq).unwrap();
+        // Without a system message the renderings differ (default system prompts); the shared text
+        // never does.
+        if chat[0].role != "system" {
+            assert_ne!(a.encoded.text, b.encoded.text);
+        }
+        assert_eq!(a.shared_text, chat_content_text(chat));
+        let al = align(Alignment::CharEnd, &a.shared_view(), &b.shared_view()).unwrap();
+        check_chat_pairs(&a, &b, &al);
+        // Template text is never paired: SmolLM2's default system prompt is not content.
+        if chat[0].role != "system" {
+            let sys = a.encoded.text.find("SmolLM").unwrap();
+            let sys = a.encoded.text[..sys].chars().count();
+            let content_start = a
+                .shared
+                .iter()
+                .zip(&a.encoded.offsets)
+                .find_map(|(s, o)| s.map(|_| o.0))
+                .unwrap();
+            assert!(
+                content_start > sys,
+                "a default system prompt token got a content span"
+            );
+        }
+        outside_a += a.outside();
+        content_a += a.encoded.ids.len() - a.outside();
+        total.merge(&al.report);
+        println!(
+            "chat {k}: {} / {} tokens ({} / {} template or special), kept {}",
+            a.encoded.ids.len(),
+            b.encoded.ids.len(),
+            a.outside(),
+            b.outside(),
+            al.report.kept
+        );
+    }
+    // Most content tokens are kept; every template token is dropped.
+    assert!(
+        total.kept as f64 > 0.6 * content_a as f64,
+        "kept {} of {content_a} content tokens",
+        total.kept
+    );
+    assert!(outside_a > 20, "{outside_a} template tokens");
+
+    // A checkpoint without a chat template cannot read chats: the error says so.
+    let err = DocEncoding::chat(&tg, &chats()[0], true, &special_token_ids(&tg))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no chat template"), "{err}");
+
+    // Contents are located exactly, surrounding whitespace included (SmolLM2 writes them verbatim)...
+    let (rendered, spans) = render_chat(&ts, &chats()[2], false).unwrap();
+    let span_text = |rendered: &str, (s, e): (usize, usize)| -> String {
+        rendered.chars().skip(s).take(e - s).collect()
+    };
+    assert_eq!(
+        span_text(&rendered, spans[0].rendered),
+        chats()[2][0].content
+    );
+    // ...and also through a template that trims them (as Gemma's does), in content coordinates of the
+    // untrimmed text.
+    let dir = std::env::temp_dir().join(format!("rosetta-trim-template-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(ds.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    std::fs::write(
+        dir.join("chat_template.jinja"),
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}",
+    )
+    .unwrap();
+    let tt = Tokenizer::from_dir(&dir).unwrap();
+    let chat = &chats()[2];
+    let (rendered, spans) = render_chat(&tt, chat, false).unwrap();
+    assert_eq!(spans[0].skipped, 2);
+    assert_eq!(
+        span_text(&rendered, spans[0].rendered),
+        chat[0].content.trim()
+    );
+    let a = DocEncoding::chat(&tt, chat, false, &ss).unwrap();
+    let b = DocEncoding::chat(&tq, chat, false, &sq).unwrap();
+    let al = align(Alignment::CharEnd, &a.shared_view(), &b.shared_view()).unwrap();
+    check_chat_pairs(&a, &b, &al);
+    assert!(al.report.kept > 10, "{:?}", al.report);
+    // A template that rewrites contents cannot be aligned on them.
+    for (template, what) in [
+        (
+            "{{ m['content'] | replace('é', 'e') }}",
+            "changes message contents",
+        ),
+        ("{{ m['content'] | upper }}", "cannot be located"),
+    ] {
+        std::fs::write(
+            dir.join("chat_template.jinja"),
+            format!("{{% for m in messages %}}{template}\n{{% endfor %}}"),
+        )
+        .unwrap();
+        let err = render_chat(&Tokenizer::from_dir(&dir).unwrap(), chat, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(what), "{template}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Capture `resid_post(layer)` of one document (batch of one, the pass stops after the layer).

@@ -297,6 +297,7 @@ pub fn write_safetensors_atomic(
         .and_then(|_| {
             File::open(&tmp)
                 .and_then(|f| f.sync_all())
+                .and_then(|_| readable_by_all(&tmp))
                 .map_err(|e| HookError::io(&tmp, e))
         })
         .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| HookError::io(path, e)));
@@ -304,6 +305,21 @@ pub fn write_safetensors_atomic(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// `rw-r--r--`: the safetensors writer creates owner-only files, but stores and maps are shared (workers of
+/// a cluster job write, another user merges and trains).
+fn readable_by_all(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
 }
 
 /// A contiguous CPU copy of a tensor's bytes for serialisation.
