@@ -25,7 +25,7 @@ struct Args {
     kind: String,
     #[arg(long, default_value_t = 1024)]
     batch: i64,
-    /// train or infer.
+    /// train (step: forward, MSE, backward, AdamW), infer, or adamw (the optimiser step alone).
     #[arg(long, default_value = "train")]
     mode: String,
     #[arg(long, default_value_t = 20)]
@@ -122,9 +122,12 @@ fn main() -> Result<()> {
     let params = map.parameters();
     let cfg = AdamWConfig::default();
     let mut opt = AdamW::new(cfg, &params)?;
+    let fixed_grads: Vec<Tensor> = params.iter().map(|p| p.randn_like() * 1e-3).collect();
     let mut step = |i: usize| -> Result<()> {
         let (x, y) = &data[i % data.len()];
-        if a.mode == "train" {
+        if a.mode == "adamw" {
+            opt.step(&params, &fixed_grads, cfg.lr)?;
+        } else if a.mode == "train" {
             let (_loss, grads) = loss_and_grads(&map, &params, x, y, 0.0, 1.0)?;
             opt.step(&params, &grads, cfg.lr)?;
         } else {

@@ -100,6 +100,41 @@ pub trait Mapping: Send {
     fn fold_standardization(&self, s: &Standardization) -> Result<AnyMap>;
     /// A deep copy without autograd history (e.g. the best weights during training).
     fn detached_copy(&self) -> Result<AnyMap>;
+    /// The MSE loss of `x` `[n, d_src]` against `y` `[n, d_tgt]` and its gradients with respect to
+    /// [`Mapping::parameters`] (times `scale`), computed analytically without autograd; `None` when the
+    /// map has no such path (the trainer then uses autograd). Same values as autograd to rounding, with
+    /// fewer passes over the activations: the difference `ŷ - y` is formed in place in the output and is
+    /// itself the scaled output gradient.
+    fn mse_loss_and_grads(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _scale: f64,
+    ) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+        Ok(None)
+    }
+}
+
+/// `pred -= y` in place, then the MSE (0-dim) and `pred *= 2 scale / numel`: `pred` becomes the
+/// gradient of `scale * MSE` with respect to the prediction.
+fn mse_in_place(pred: &mut Tensor, y: &Tensor, scale: f64) -> Result<Tensor> {
+    if pred.size() != y.size() {
+        return Err(MappingError::Shape(format!(
+            "prediction {:?} and target {:?}",
+            pred.size(),
+            y.size()
+        )));
+    }
+    let _ = pred.f_sub_(&y.f_to_device(pred.device())?.f_to_kind(Kind::Float)?)?;
+    let n = pred.numel() as f64;
+    let flat = pred.f_view([-1])?;
+    let loss = flat.f_dot(&flat)?.f_div_scalar(n)?;
+    let _ = pred.f_mul_scalar_(2.0 * scale / n)?;
+    Ok(loss)
+}
+
+fn sum_rows(t: &Tensor) -> Result<Tensor> {
+    Ok(t.f_sum_dim_intlist([0i64].as_slice(), false, Kind::Float)?)
 }
 
 /// Per-dimension standardisation of inputs and outputs, from a store's running statistics
@@ -322,6 +357,23 @@ impl Mapping for Affine {
         let (w, b) = fold_output(&w, &b, &s.y_mean, &s.y_std)?;
         Ok(AnyMap::Affine(Affine::from_parts(self.kind, w, b)?))
     }
+    fn mse_loss_and_grads(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        scale: f64,
+    ) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+        if x.dim() != 2 {
+            return Ok(None);
+        }
+        check_input(x, self.d_src())?;
+        let _g = tch::no_grad_guard();
+        let x = prepare(x, self.weight.device())?;
+        let mut g = x.f_linear(&self.weight, Some(&self.bias))?;
+        let loss = mse_in_place(&mut g, y, scale)?;
+        let dw = g.f_transpose(0, 1)?.f_mm(&x)?;
+        Ok(Some((loss, vec![dw, sum_rows(&g)?])))
+    }
     fn detached_copy(&self) -> Result<AnyMap> {
         let _g = tch::no_grad_guard();
         Ok(AnyMap::Affine(Affine::from_parts(
@@ -478,6 +530,30 @@ impl Mapping for Autoencoder {
             w1, b1, w2, b2,
         )?))
     }
+    fn mse_loss_and_grads(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        scale: f64,
+    ) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+        if x.dim() != 2 {
+            return Ok(None);
+        }
+        check_input(x, self.d_src())?;
+        let _g = tch::no_grad_guard();
+        let x = prepare(x, self.w1.device())?;
+        let mut a = x.f_linear(&self.w1, Some(&self.b1))?;
+        let _ = a.f_relu_()?;
+        let mut g = a.f_linear(&self.w2, Some(&self.b2))?;
+        let loss = mse_in_place(&mut g, y, scale)?;
+        let dw2 = g.f_transpose(0, 1)?.f_mm(&a)?;
+        let db2 = sum_rows(&g)?;
+        // ReLU's backward as autograd does it: zero where the (post-ReLU) activation is 0.
+        let ga = a.f_threshold_backward(&g.f_mm(&self.w2)?, 0.0)?;
+        let dw1 = ga.f_transpose(0, 1)?.f_mm(&x)?;
+        let db1 = sum_rows(&ga)?;
+        Ok(Some((loss, vec![dw1, db1, dw2, db2])))
+    }
     fn detached_copy(&self) -> Result<AnyMap> {
         let _g = tch::no_grad_guard();
         let c = |t: &Tensor| -> Result<Tensor> { Ok(t.detach().copy()) };
@@ -567,6 +643,14 @@ impl Mapping for AnyMap {
     }
     fn detached_copy(&self) -> Result<AnyMap> {
         self.inner().detached_copy()
+    }
+    fn mse_loss_and_grads(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        scale: f64,
+    ) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+        self.inner().mse_loss_and_grads(x, y, scale)
     }
 }
 
