@@ -1019,8 +1019,8 @@ mod tests {
             p64 = &p64 * (1.0 - cfg.lr * cfg.weight_decay);
             m64 = &m64 * cfg.beta1 + &g64 * (1.0 - cfg.beta1);
             v64 = &v64 * cfg.beta2 + g64.square() * (1.0 - cfg.beta2);
-            let mhat = &m64 / (1.0 - cfg.beta1.powi(t as i32));
-            let vhat = &v64 / (1.0 - cfg.beta2.powi(t as i32));
+            let mhat = &m64 / (1.0 - cfg.beta1.powi(t));
+            let vhat = &v64 / (1.0 - cfg.beta2.powi(t));
             p64 = &p64 - mhat / (vhat.sqrt() + cfg.eps) * cfg.lr;
             let err = (p.to_kind(Kind::Double) - &p64)
                 .abs()
