@@ -77,6 +77,20 @@ pub enum Schedule {
     },
 }
 
+impl Schedule {
+    /// The rate for optimiser step `step` of `total`: from the cosine curve, or the current rate `current`
+    /// (constant, or as lowered by reduce-on-plateau).
+    pub fn lr(&self, peak: f64, current: f64, step: u64, total: u64) -> f64 {
+        match *self {
+            Schedule::Cosine {
+                warmup_steps,
+                min_lr_ratio,
+            } => cosine_lr(peak, step, warmup_steps, total, min_lr_ratio),
+            _ => current,
+        }
+    }
+}
+
 /// Training configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -604,19 +618,9 @@ impl<'a> Trainer<'a> {
                     x = x.f_sub(mx)?.f_div(sx)?;
                     y = y.f_sub(my)?.f_div(sy)?;
                 }
-                let lr = match cfg.schedule {
-                    Schedule::Cosine {
-                        warmup_steps,
-                        min_lr_ratio,
-                    } => cosine_lr(
-                        cfg.optimizer.lr,
-                        opt.steps(),
-                        warmup_steps,
-                        total_steps,
-                        min_lr_ratio,
-                    ),
-                    _ => state.lr,
-                };
+                let lr = cfg
+                    .schedule
+                    .lr(cfg.optimizer.lr, state.lr, opt.steps(), total_steps);
                 let (loss, grads) = loss_and_grads(
                     &map,
                     &params,
@@ -697,19 +701,9 @@ impl<'a> Trainer<'a> {
                     }
                 }
             }
-            let lr_now = match cfg.schedule {
-                Schedule::Cosine {
-                    warmup_steps,
-                    min_lr_ratio,
-                } => cosine_lr(
-                    cfg.optimizer.lr,
-                    opt.steps(),
-                    warmup_steps,
-                    total_steps,
-                    min_lr_ratio,
-                ),
-                _ => state.lr,
-            };
+            let lr_now = cfg
+                .schedule
+                .lr(cfg.optimizer.lr, state.lr, opt.steps(), total_steps);
             let record = EpochRecord {
                 epoch,
                 train_loss,
