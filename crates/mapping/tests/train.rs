@@ -48,6 +48,7 @@ fn train(reader: &StoreReader, map: AnyMap, cfg: TrainConfig) -> TrainOutcome {
 
 #[test]
 fn affine_training_recovers_a_linear_map() {
+    let _serial = serial();
     let dir = tmp("affine");
     let reader = write_store(
         &dir,
@@ -95,6 +96,7 @@ fn affine_training_recovers_a_linear_map() {
 
 #[test]
 fn autoencoder_beats_affine_on_a_relu_map() {
+    let _serial = serial();
     let dir = tmp("relu");
     let reader = write_store(&dir, 16, 12, 80, 100, 2, 1 << 16, relu_teacher(16, 24, 12));
     tch::manual_seed(0);
@@ -119,6 +121,7 @@ fn weights(m: &AnyMap) -> Vec<Tensor> {
 
 #[test]
 fn resume_after_interruption_gives_the_uninterrupted_weights() {
+    let _serial = serial();
     let dir = tmp("resume-store");
     let reader = write_store(&dir, 8, 6, 40, 50, 3, 1 << 14, relu_teacher(8, 12, 6));
     assert!(reader.manifest().shards.len() > 3, "several shards");
@@ -206,6 +209,7 @@ fn resume_after_interruption_gives_the_uninterrupted_weights() {
 
 #[test]
 fn early_stopping_keeps_the_best_epoch() {
+    let _serial = serial();
     let dir = tmp("early");
     // y is noise independent of x: a large rate overfits, validation gets worse.
     let reader = write_store(&dir, 8, 4, 30, 20, 4, 1 << 14, |x: &Tensor| {
@@ -243,6 +247,7 @@ fn early_stopping_keeps_the_best_epoch() {
 
 #[test]
 fn reduce_on_plateau_lowers_the_rate() {
+    let _serial = serial();
     let dir = tmp("plateau");
     let reader = write_store(&dir, 8, 4, 30, 20, 5, 1 << 14, |x: &Tensor| {
         Tensor::randn([x.size()[0], 4], (Kind::Float, CPU))
@@ -266,6 +271,7 @@ fn reduce_on_plateau_lowers_the_rate() {
 
 #[test]
 fn schedules_and_config_errors() {
+    let _serial = serial();
     approx::assert_relative_eq!(cosine_lr(1.0, 0, 0, 100, 0.0), 1.0);
     approx::assert_relative_eq!(cosine_lr(1.0, 50, 0, 100, 0.0), 0.5, epsilon = 1e-12);
     approx::assert_relative_eq!(cosine_lr(1.0, 100, 0, 100, 0.1), 0.1, epsilon = 1e-12);
@@ -318,6 +324,7 @@ fn schedules_and_config_errors() {
 
 #[test]
 fn save_load_round_trip_is_bit_exact_and_checks_the_pair() {
+    let _serial = serial();
     let dir = tmp("save");
     tch::manual_seed(4);
     let map = Autoencoder::new(10, 6, None, AutoencoderInit::Default, CPU).unwrap();

@@ -5,6 +5,14 @@ use rosetta_activation_store::*;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
+/// Tests in one binary run on parallel threads, but libtorch's random generator is global: a test that
+/// seeds it and draws (data, initial weights) holds this lock for its whole run so that no other test
+/// draws in between.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn tmp(name: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("rosetta-mapping-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&p);
