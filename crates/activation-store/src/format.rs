@@ -36,7 +36,7 @@ use crate::align::{hex, Alignment, KeepReport};
 use crate::error::{Result, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use tch::Kind;
 
@@ -278,20 +278,10 @@ impl Manifest {
             path: path.clone(),
             source,
         })?;
-        let tmp = dir.join(format!(".{MANIFEST_FILE}.tmp-{}", std::process::id()));
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(StoreError::io(&path, e));
-        }
-        sync_dir(dir);
-        Ok(())
+        let mut bytes = text.into_bytes();
+        bytes.push(b'\n');
+        rosetta_model_hooks::weights::write_file_atomic(&path, &bytes)
+            .map_err(|e| StoreError::io(&path, e))
     }
 }
 

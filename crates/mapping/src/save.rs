@@ -6,7 +6,6 @@
 //! checks it. [`SavedMap::expect_pair`] refuses a map trained for another model pair, hook point or width.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rosetta_activation_store::format::sha256_file;
@@ -157,30 +156,15 @@ fn check_dim(dir: &Path, which: &str, declared: i64, actual: i64) -> Result<()> 
     Ok(())
 }
 
-/// Write JSON atomically (temporary file in the same directory, fsync, rename).
+/// Write JSON atomically ([`rosetta_model_hooks::weights::write_file_atomic`]).
 pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|source| MappingError::Json {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| MappingError::Json {
         path: path.to_path_buf(),
         source,
     })?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(MappingError::io(path, e));
-    }
-    Ok(())
+    bytes.push(b'\n');
+    rosetta_model_hooks::weights::write_file_atomic(path, &bytes)
+        .map_err(|e| MappingError::io(path, e))
 }
 
 pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {

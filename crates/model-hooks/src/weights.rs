@@ -269,6 +269,38 @@ impl std::fmt::Display for LoadReport {
     }
 }
 
+/// Write `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename, then a
+/// best-effort fsync of the directory. Readers see the old file or the new one, never a part. The
+/// file is made readable by all (`0644`). Every small file Rosetta writes (manifests, map sidecars,
+/// checkpoints' JSON) goes through here.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("out"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        readable_by_all(&tmp)?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 /// Write tensors to a safetensors file atomically (temporary file in the same directory, then rename).
 pub fn write_safetensors_atomic(
     path: &Path,
