@@ -4,7 +4,9 @@
 //! ```text
 //! cargo run --release --example map_throughput -- --d-src 896 --d-tgt 1536 --batch 1024 --mode train
 //! ```
-//! Prints `rows/s: X` (best of `--rounds`, each `--steps` steps after `--warmup` steps).
+//! Prints `rows/s: X` (best of `--rounds`, each `--steps` steps after `--warmup` steps). With `--serve` it
+//! stays up after the warm-up and answers each line `N` on stdin with `rows/s: X` for `N` further steps,
+//! so a comparison script can interleave short measurements of both sides on warm processes.
 
 mod common;
 
@@ -42,6 +44,9 @@ struct Args {
     make_store: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 1_000_000)]
     rows: i64,
+    /// After the warm-up, time `N` steps for each line `N` read from stdin (until end of input).
+    #[arg(long)]
+    serve: bool,
 }
 
 fn make_store(dir: &std::path::Path, a: &Args) -> Result<()> {
@@ -140,6 +145,21 @@ fn main() -> Result<()> {
         step(i)?;
     }
     sync(device);
+    if a.serve {
+        use std::io::{BufRead, Write};
+        for line in std::io::stdin().lock().lines() {
+            let steps: usize = line?.trim().parse()?;
+            let t = Instant::now();
+            for i in 0..steps {
+                step(i)?;
+            }
+            sync(device);
+            let rate = (steps as i64 * a.batch) as f64 / t.elapsed().as_secs_f64();
+            println!("rows/s: {rate:.1}");
+            std::io::stdout().flush()?;
+        }
+        return Ok(());
+    }
     let mut best = 0f64;
     for _ in 0..a.rounds {
         let t = Instant::now();

@@ -385,6 +385,9 @@ pub struct TrainOutcome {
 /// Checkpoint sidecar (`checkpoint.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CheckpointState {
+    /// [`CHECKPOINT_FORMAT`] of the writer (absent, i.e. 0, before format 2).
+    #[serde(default)]
+    format: u32,
     config: TrainConfig,
     /// Identifies the store (rows, shards, spec) so a checkpoint is not resumed on other data.
     store_fingerprint: String,
@@ -403,6 +406,9 @@ struct CheckpointState {
 }
 
 const CHECKPOINT_FILE: &str = "checkpoint.json";
+/// Checkpoint layout: parameters by name in their saved (PyTorch) layout, optimiser moments in the layout
+/// of [`Mapping::parameters`]. Format 2: the autoencoder's second weight is trained transposed.
+const CHECKPOINT_FORMAT: u32 = 2;
 
 /// Trains a map on an activation store.
 pub struct Trainer<'a> {
@@ -546,6 +552,7 @@ impl<'a> Trainer<'a> {
         let params = map.parameters();
         let mut opt = AdamW::new(cfg.optimizer, &params)?;
         let mut state = CheckpointState {
+            format: CHECKPOINT_FORMAT,
             config: cfg.clone(),
             store_fingerprint: self.fingerprint(),
             kind: map.kind(),
@@ -563,7 +570,8 @@ impl<'a> Trainer<'a> {
         };
         let mut best: Option<AnyMap> = None;
         if let Some(dir) = &self.checkpoint_dir {
-            if let Some((s, b)) = self.load_checkpoint(dir, &state, &params, &mut opt)? {
+            let named: Vec<Tensor> = map.named_tensors().into_iter().map(|(_, t)| t).collect();
+            if let Some((s, b)) = self.load_checkpoint(dir, &state, &named, &mut opt)? {
                 state = s;
                 best = b;
             }
@@ -790,8 +798,9 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Load a checkpoint into `params` and `opt` if `dir` holds one; `fresh` is the state a new run would
-    /// start from (its config, fingerprint and shape must match the checkpoint's).
+    /// Load a checkpoint into the map (through `params`, its [`Mapping::named_tensors`] views) and `opt` if
+    /// `dir` holds one; `fresh` is the state a new run would start from (its config, fingerprint and shape
+    /// must match the checkpoint's).
     fn load_checkpoint(
         &self,
         dir: &Path,
@@ -813,6 +822,16 @@ impl<'a> Trainer<'a> {
             ),
         }
         };
+        if state.format != CHECKPOINT_FORMAT {
+            return Err(MappingError::Format {
+                path: path.clone(),
+                message: format!(
+                    "checkpoint format {} (this Rosetta reads format {CHECKPOINT_FORMAT}); use another \
+                     checkpoint directory or delete this one to start afresh",
+                    state.format
+                ),
+            });
+        }
         if state.config != fresh.config {
             return Err(mismatch("training configuration"));
         }
@@ -849,8 +868,22 @@ impl<'a> Trainer<'a> {
             p.f_copy_(t)?;
         }
         for (i, (m, v)) in opt.m.iter_mut().zip(opt.v.iter_mut()).enumerate() {
-            m.f_copy_(&loaded[params.len() + 2 * i])?;
-            v.f_copy_(&loaded[params.len() + 2 * i + 1])?;
+            for (dst, src) in [
+                (m, &loaded[params.len() + 2 * i]),
+                (v, &loaded[params.len() + 2 * i + 1]),
+            ] {
+                if dst.size() != src.size() {
+                    return Err(MappingError::Format {
+                        path: tpath,
+                        message: format!(
+                            "optimiser moment {i} has shape {:?}, checkpoint has {:?}",
+                            dst.size(),
+                            src.size()
+                        ),
+                    });
+                }
+                dst.f_copy_(src)?;
+            }
         }
         opt.step = state.adam_steps;
         let best = if self.config.early_stopping_patience.is_some() && state.best_epoch.is_some() {
@@ -981,7 +1014,7 @@ mod tests {
             let gb = Tensor::run_backward(&[&(&loss * 0.25)], &params, false, false);
             assert!((la.double_value(&[]) - loss.double_value(&[])).abs() < 1e-6);
             for (a, b) in ga.iter().zip(&gb) {
-                assert_eq!(a.size(), b.size());
+                assert_eq!(a.size(), b.size(), "{}", map.kind());
                 let err = (a - b).abs().max().double_value(&[]);
                 let scale = b.abs().max().double_value(&[]);
                 assert!(err <= 1e-5 * scale, "{}: {err} vs {scale}", map.kind());
