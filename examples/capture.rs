@@ -6,7 +6,9 @@
 //! ```
 //! Each tensor is `[total_tokens, d]` (`logits`: `[total_tokens, vocab]`), prompts concatenated in input
 //! order with padding removed; `token_ids` is `[total_tokens]` i64. With `--repeat N` the batch's forward
-//! pass is timed N times after a warm-up (load time excluded) and `tokens/s: X` printed.
+//! pass is timed N times after a warm-up (load time excluded) and `tokens/s: X` printed; with `--serve` as
+//! well, the process then stays up and times `N` more passes for each line `N` on stdin (for
+//! `scripts/bench_hf.py`, which interleaves short measurements of both sides).
 
 mod common;
 
@@ -48,6 +50,9 @@ struct Args {
     /// Time N forward passes over the first batch after a warm-up and print tokens/s.
     #[arg(long)]
     repeat: Option<usize>,
+    /// With --repeat: then answer each stdin line `N` with the tokens/s of N more passes.
+    #[arg(long, requires = "repeat")]
+    serve: bool,
     /// Attention implementation: sdpa (fused) or eager (HF's op order).
     #[arg(long, default_value = "sdpa")]
     attention: String,
@@ -212,6 +217,16 @@ fn main() -> Result<()> {
             secs / n.max(1) as f64
         );
         println!("tokens/s: {:.1}", (tokens * n.max(1)) as f64 / secs);
+        if args.serve {
+            common::serve(
+                "tokens",
+                || {
+                    drop(model.forward(&batch, &timing_hooks)?);
+                    Ok(tokens)
+                },
+                sync,
+            )?;
+        }
     }
     Ok(())
 }

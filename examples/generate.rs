@@ -8,7 +8,9 @@
 //! ```
 //! `--steer-layer L` adds `alpha * v` to `resid_post.L` at every position, with `v` a fixed random unit
 //! vector (seeded) — a stand-in for a real steering vector that costs the same. `--repeat N` times N
-//! generations after a warm-up and prints `tokens/s: X` (new tokens only, load time excluded).
+//! generations after a warm-up and prints `tokens/s: X` (new tokens only, load time excluded); `--serve`
+//! then keeps the process up and times `N` more generations for each line `N` on stdin (for
+//! `scripts/bench_hf.py`).
 
 mod common;
 
@@ -69,6 +71,9 @@ struct Args {
     /// Time N generations after a warm-up.
     #[arg(long)]
     repeat: Option<usize>,
+    /// With --repeat: then answer each stdin line `N` with the tokens/s of N more generations.
+    #[arg(long, requires = "repeat")]
+    serve: bool,
     /// Model dtype (f32, bf16, f16).
     #[arg(long, default_value = "f32")]
     dtype: String,
@@ -167,6 +172,16 @@ fn main() -> Result<()> {
             secs / r.max(1) as f64
         );
         println!("tokens/s: {:.2}", tokens as f64 / secs);
+        if args.serve {
+            common::serve(
+                "tokens",
+                || {
+                    let g = model.generate(&prompts, tok.pad_token_id(), &hooks, &opts)?;
+                    Ok(g.tokens.iter().map(Vec::len).sum())
+                },
+                sync,
+            )?;
+        }
     }
     Ok(())
 }

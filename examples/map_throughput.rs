@@ -146,19 +146,16 @@ fn main() -> Result<()> {
     }
     sync(device);
     if a.serve {
-        use std::io::{BufRead, Write};
-        for line in std::io::stdin().lock().lines() {
-            let steps: usize = line?.trim().parse()?;
-            let t = Instant::now();
-            for i in 0..steps {
+        let mut i = 0;
+        return common::serve(
+            "rows",
+            || {
                 step(i)?;
-            }
-            sync(device);
-            let rate = (steps as i64 * a.batch) as f64 / t.elapsed().as_secs_f64();
-            println!("rows/s: {rate:.1}");
-            std::io::stdout().flush()?;
-        }
-        return Ok(());
+                i += 1;
+                Ok(a.batch as usize)
+            },
+            || sync(device),
+        );
     }
     let mut best = 0f64;
     for _ in 0..a.rounds {

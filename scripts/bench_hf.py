@@ -2,28 +2,31 @@
 """Rosetta vs HF transformers, side by side in one run (the figures in docs/PERFORMANCE.md).
 
 Same machine, same model, same token ids, same batch, same dtype, same thread count. For each case the HF
-side runs in this process and the Rosetta side as the release example binaries (`capture`, `generate`),
-one after the other, so both see the same machine state.
+side runs in this process and the Rosetta side as the release example binary (`capture`, `generate`) kept
+up with `--serve`: both sides load once, warm up, and then their measurements alternate.
 
   $ROSETTA_HOME/venv/bin/python scripts/bench_hf.py [--models smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct]
       [--cases capture,generate] [--repeat 3] [--markdown out.md]
 
-Each measurement is `--repeat` timed passes after a warm-up; `--rounds` interleaved rounds (HF, then
-Rosetta) are run and the best of each side kept, which makes the ratio robust to a noisy machine.
+Each measurement is `--repeat` timed passes; `--rounds` interleaved rounds (HF, then Rosetta, seconds
+apart) are run. Reported: the median tok/s of each side and the median over rounds of the per-round
+ratio, which cancels most of this VM's drift (other tenants, ~10%) since both sides of a round see the
+same machine state.
 
 Capture: a batch of 8 x 128 tokens, activations of one middle layer's output.
   HF full   : model(ids) with a forward hook on layers[L] that copies the output (the usual HF way)
   HF early  : the same hook raises an exception to stop the forward (the fastest HF trick)
-  Rosetta   : `capture --points resid_post.L --repeat N` (the pass stops after block L by design)
+  Rosetta   : `capture --points resid_post.L --repeat N --serve` (the pass stops after block L by design)
 Generation: greedy, 64 new tokens (EOS ignored), a vector added to layer L's output at every position.
   HF        : model.generate(...) with a forward hook on layers[L] adding the vector
-  Rosetta   : `generate --steer-layer L --ignore-eos --repeat N`
+  Rosetta   : `generate --steer-layer L --ignore-eos --repeat N --serve`
 """
 import argparse
 import json
 import os
 import re
 import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -59,15 +62,37 @@ def timed(fn, repeat):
     return (time.perf_counter() - t) / repeat
 
 
-def rosetta(example, args):
-    exe = ROOT / "target" / "release" / "examples" / example
-    if not exe.exists():
-        sys.exit(f"{exe} missing: run `cargo build --release --examples` first")
-    out = subprocess.run([str(exe), *args], capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{example} failed:\n{out.stderr}")
-    m = re.search(r"tokens/s: ([0-9.]+)", out.stdout)
-    return float(m.group(1))
+class Rosetta:
+    """A release example kept up with `--serve`: one warm process, one stdin line per measurement."""
+
+    def __init__(self, example, args):
+        exe = ROOT / "target" / "release" / "examples" / example
+        if not exe.exists():
+            sys.exit(f"{exe} missing: run `cargo build --release --examples` first")
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([str(exe), *args, "--repeat", "1", "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.err, text=True, bufsize=1)
+        self._rate()  # the load, the warm-up and one timed run
+
+    def _rate(self):
+        for line in self.proc.stdout:
+            if line.startswith("tokens/s: "):
+                return float(line.split()[1])
+        self.err.seek(0)
+        sys.exit(f"{self.proc.args[0]} failed:\n{self.err.read()}")
+
+    def chunk(self, runs):
+        self.proc.stdin.write(f"{runs}\n")
+        self.proc.stdin.flush()
+        return self._rate()
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def summary(values):
+    return statistics.median(values)
 
 
 def bench_capture(name, repeat, rows, rounds):
@@ -93,27 +118,27 @@ def bench_capture(name, repeat, rows, rounds):
             except Stop:
                 pass
 
-        full = early_t = float("inf")
-        ours = 0.0
-        for _ in range(rounds):  # interleaved rounds, best of each: robust to a noisy shared machine
+        with tempfile.TemporaryDirectory() as tmp:
+            jl = Path(tmp) / "ids.jsonl"
+            jl.write_text("".join(json.dumps({"ids": r}) + "\n" for r in ids.tolist()))
+            ours = Rosetta("capture", ["--model", str(d), "--input", str(jl), "--points", f"resid_post.{layer}",
+                                       "--out", str(Path(tmp) / "a.safetensors"), "--batch-size", "8",
+                                       "--dtype", dname])
+            full, early_t, mine = [], [], []
             with torch.no_grad():
-                h = model.model.layers[layer].register_forward_hook(keep)
-                full = min(full, timed(lambda: model(ids), repeat))
-                h.remove()
-                h = model.model.layers[layer].register_forward_hook(stop)
-                early_t = min(early_t, timed(early, repeat))
-                h.remove()
-            with tempfile.TemporaryDirectory() as tmp:
-                jl = Path(tmp) / "ids.jsonl"
-                jl.write_text("".join(json.dumps({"ids": r}) + "\n" for r in ids.tolist()))
-                ours = max(ours, rosetta("capture", [
-                    "--model", str(d), "--input", str(jl), "--points", f"resid_post.{layer}",
-                    "--out", str(Path(tmp) / "a.safetensors"), "--batch-size", "8",
-                    "--dtype", dname, "--repeat", str(repeat)]))
+                for _ in range(rounds):  # interleaved rounds: HF full, HF early stop, Rosetta
+                    h = model.model.layers[layer].register_forward_hook(keep)
+                    full.append(ntok / timed(lambda: model(ids), repeat))
+                    h.remove()
+                    h = model.model.layers[layer].register_forward_hook(stop)
+                    early_t.append(ntok / timed(early, repeat))
+                    h.remove()
+                    mine.append(ours.chunk(repeat))
+            ours.close()
         del model
-        rows.append(("capture", name, f"resid_post.{layer}", dname, "8x128", ntok / full, ntok / early_t, ours))
-        print(f"capture {name} L{layer} {dname}: HF full {ntok / full:.1f} tok/s, HF early-stop "
-              f"{ntok / early_t:.1f}, Rosetta {ours:.1f}", flush=True)
+        rows.append(("capture", name, f"resid_post.{layer}", dname, "8x128", full, early_t, mine))
+        print(f"capture {name} L{layer} {dname}: HF full {summary(full):.1f} tok/s, HF early-stop "
+              f"{summary(early_t):.1f}, Rosetta {summary(mine):.1f}", flush=True)
 
 
 def bench_generate(name, repeat, rows, rounds, new_tokens=64):
@@ -138,16 +163,18 @@ def bench_generate(name, repeat, rows, rounds, new_tokens=64):
     for batch in [1, 8]:
         tok.padding_side = "left"
         enc = tok([prompt] * batch, return_tensors="pt", padding=True)
-        hf = ours = 0.0
+        ours = Rosetta("generate", ["--model", str(d), "--prompt", prompt, "--batch", str(batch),
+                                    "--max-new-tokens", str(new_tokens), "--steer-layer", str(layer),
+                                    "--ignore-eos"])
+        hf, mine = [], []
         for _ in range(rounds):
             with torch.no_grad():
                 secs = timed(lambda: model.generate(**enc, generation_config=gc), repeat)
-            hf = max(hf, batch * new_tokens / secs)
-            ours = max(ours, rosetta("generate", [
-                "--model", str(d), "--prompt", prompt, "--batch", str(batch), "--max-new-tokens",
-                str(new_tokens), "--steer-layer", str(layer), "--ignore-eos", "--repeat", str(repeat)]))
-        rows.append(("generate", name, f"resid_post.{layer}", "f32", f"{batch}x{new_tokens} new", hf, None, ours))
-        print(f"generate {name} batch {batch}: HF {hf:.1f} tok/s, Rosetta {ours:.1f}", flush=True)
+            hf.append(batch * new_tokens / secs)
+            mine.append(ours.chunk(repeat))
+        ours.close()
+        rows.append(("generate", name, f"resid_post.{layer}", "f32", f"{batch}x{new_tokens} new", hf, None, mine))
+        print(f"generate {name} batch {batch}: HF {summary(hf):.1f} tok/s, Rosetta {summary(mine):.1f}", flush=True)
     h.remove()
 
 
@@ -156,7 +183,7 @@ def main():
     ap.add_argument("--models", default="smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--cases", default="capture,generate")
     ap.add_argument("--repeat", type=int, default=3, help="timed passes per measurement")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each side is kept")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("ROSETTA_BENCH_THREADS", torch.get_num_threads())))
@@ -167,12 +194,17 @@ def main():
             bench_capture(name, args.repeat, rows, args.rounds)
         if "generate" in args.cases:
             bench_generate(name, args.repeat, rows, args.rounds)
-    lines = ["| case | model | point | dtype | shape | HF tok/s | HF early-stop tok/s | Rosetta tok/s | vs HF | vs HF early |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| case | model | point | dtype | shape | HF tok/s | HF early-stop tok/s | Rosetta tok/s | vs HF | "
+             "vs HF early |", "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+
+    def ratio(ours, theirs):  # median over rounds of the per-round ratio, with its range
+        r = [o / t for o, t in zip(ours, theirs)]
+        return f"{statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f})"
+
     for case, name, point, dt, shape, hf, early, ours in rows:
-        lines.append(f"| {case} | {name} | {point} | {dt} | {shape} | {hf:.1f} | "
-                     f"{'' if early is None else f'{early:.1f}'} | {ours:.1f} | {ours / hf:.2f}x | "
-                     f"{'' if early is None else f'{ours / early:.2f}x'} |")
+        lines.append(f"| {case} | {name} | {point} | {dt} | {shape} | {summary(hf):.1f} | "
+                     f"{'' if early is None else f'{summary(early):.1f}'} | {summary(ours):.1f} | "
+                     f"{ratio(ours, hf)} | {'' if early is None else ratio(ours, early)} |")
     table = "\n".join(lines)
     print(table)
     if args.markdown:

@@ -116,3 +116,26 @@ pub fn human_bytes(n: u64) -> String {
     }
     format!("{v:.1} {}", units[u])
 }
+
+/// For side-by-side comparison scripts (`scripts/bench_hf.py`, `scripts/bench_mapping.py`): stay up and
+/// answer each line `N` on stdin with `{unit}/s: X` for `N` timed calls of `run` (which returns how many
+/// units — tokens, rows — it processed), until end of input. `sync` waits for the device.
+pub fn serve(unit: &str, mut run: impl FnMut() -> Result<usize>, sync: impl Fn()) -> Result<()> {
+    use std::io::{BufRead, Write};
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let n: usize = line.trim().parse().with_context(|| {
+            format!("--serve: expected a number of runs per line, got {line:?}")
+        })?;
+        sync();
+        let t = std::time::Instant::now();
+        let mut done = 0;
+        for _ in 0..n.max(1) {
+            done += run()?;
+        }
+        sync();
+        println!("{unit}/s: {:.2}", done as f64 / t.elapsed().as_secs_f64());
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}

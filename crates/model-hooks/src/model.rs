@@ -10,7 +10,7 @@ use crate::config::{ArchSpec, AttentionKind};
 use crate::error::{HookError, Result};
 use crate::hooks::{run_point, HookContext, HookPoint, Hooks};
 use crate::numerics::{
-    activate, apply_rope, attention_mask, rope_cos_sin, rope_inv_freq, softcap, RmsNorm,
+    apply_rope, attention_mask, gated, rope_cos_sin, rope_inv_freq, softcap, RmsNorm,
 };
 use crate::weights::{LoadReport, SafetensorsSet};
 use std::collections::HashMap;
@@ -720,8 +720,8 @@ impl Model {
             let mlp = &layer.mlp;
             let inter = spec.intermediate_size;
             let gate_up = mlp.gate_up_proj.forward_parts(&h, &[inter, inter])?;
-            let gate = activate(&gate_up[0], spec.activation)?;
-            let mut m = mlp.down_proj.forward(&gate.f_mul(&gate_up[1])?)?;
+            let gate = gated(&gate_up[0], &gate_up[1], spec.activation)?;
+            let mut m = mlp.down_proj.forward(&gate)?;
             if let Some(post) = &layer.post_feedforward_layernorm {
                 m = post.forward(&m)?;
             }
