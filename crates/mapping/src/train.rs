@@ -853,37 +853,35 @@ impl<'a> Trainer<'a> {
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
         let loaded = read_tensors(&tpath, &refs, self.device)?;
         let _g = tch::no_grad_guard();
-        for (p, t) in params.iter().zip(&loaded[..params.len()]) {
-            if p.size() != t.size() {
+        // Copy a checkpoint tensor into its destination, refusing a shape mismatch by name.
+        let copy_checked = |dst: &Tensor, src: &Tensor, what: String| -> Result<()> {
+            if dst.size() != src.size() {
                 return Err(MappingError::Format {
-                    path: tpath,
+                    path: tpath.clone(),
                     message: format!(
-                        "parameter shape {:?}, checkpoint has {:?}",
-                        p.size(),
-                        t.size()
+                        "{what} has shape {:?}, checkpoint has {:?}",
+                        dst.size(),
+                        src.size()
                     ),
                 });
             }
-            let mut p = p.shallow_clone();
-            p.f_copy_(t)?;
+            dst.shallow_clone().f_copy_(src)?;
+            Ok(())
+        };
+        for (i, (p, t)) in params.iter().zip(&loaded[..params.len()]).enumerate() {
+            copy_checked(p, t, format!("parameter {}", names[i]))?;
         }
-        for (i, (m, v)) in opt.m.iter_mut().zip(opt.v.iter_mut()).enumerate() {
-            for (dst, src) in [
-                (m, &loaded[params.len() + 2 * i]),
-                (v, &loaded[params.len() + 2 * i + 1]),
-            ] {
-                if dst.size() != src.size() {
-                    return Err(MappingError::Format {
-                        path: tpath,
-                        message: format!(
-                            "optimiser moment {i} has shape {:?}, checkpoint has {:?}",
-                            dst.size(),
-                            src.size()
-                        ),
-                    });
-                }
-                dst.f_copy_(src)?;
-            }
+        for (i, (m, v)) in opt.m.iter().zip(&opt.v).enumerate() {
+            copy_checked(
+                m,
+                &loaded[params.len() + 2 * i],
+                format!("optimiser moment m.{i}"),
+            )?;
+            copy_checked(
+                v,
+                &loaded[params.len() + 2 * i + 1],
+                format!("optimiser moment v.{i}"),
+            )?;
         }
         opt.step = state.adam_steps;
         let best = if self.config.early_stopping_patience.is_some() && state.best_epoch.is_some() {

@@ -202,6 +202,21 @@ fn resume_after_interruption_gives_the_uninterrupted_weights() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("different training configuration"), "{err}");
+
+    // A checkpoint from before the current layout (format 2: moments in `parameters()` layout) is
+    // refused with its format named, not loaded into transposed moments.
+    let json = ck_b.join("checkpoint.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    state.as_object_mut().unwrap().remove("format");
+    std::fs::write(&json, serde_json::to_string(&state).unwrap()).unwrap();
+    let err = Trainer::new(&reader, cfg.clone(), CPU)
+        .unwrap()
+        .with_checkpoints(&ck_b)
+        .train(fresh(), &mut |_| Control::Continue)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("checkpoint format 0"), "{err}");
     for d in [dir, ck_a, ck_b] {
         let _ = std::fs::remove_dir_all(d);
     }
