@@ -108,6 +108,33 @@ impl Linear {
             let shape = x.size();
             let k = shape[shape.len() - 1];
             let rows = x.numel() as i64 / k.max(1);
+            if rows <= crate::skinny::MAX_ROWS && !x.requires_grad() && self.skinny_ok(k) {
+                // A few rows: the weight-streaming kernel (see `skinny`), on the original weights.
+                let xs = x.f_reshape([rows, k])?.f_contiguous()?;
+                let n = self.weight.size()[0];
+                let y = Tensor::f_empty([rows, n], (Kind::Float, Device::Cpu))?;
+                let b = self
+                    .bias
+                    .as_ref()
+                    .map_or(std::ptr::null(), |b| b.data_ptr() as *const f32);
+                // SAFETY: `skinny_ok` checked that weight and bias are contiguous CPU f32 of shapes
+                // [n, k] and [n]; `xs` is contiguous [rows, k] f32 and `y` a fresh [rows, n] buffer.
+                unsafe {
+                    crate::skinny::linear(
+                        xs.data_ptr() as *const f32,
+                        self.weight.data_ptr() as *const f32,
+                        b,
+                        y.data_ptr() as *mut f32,
+                        rows as usize,
+                        n as usize,
+                        k as usize,
+                    );
+                }
+                let mut out_shape = shape;
+                let last = out_shape.len() - 1;
+                out_shape[last] = n;
+                return Ok(y.f_reshape(out_shape)?);
+            }
             if rows <= PACKED_MAX_ROWS && !x.requires_grad() {
                 // MKL's sgemm streams weights at 6-12 GB/s for a handful of rows; oneDNN's inner product
                 // reaches 14-100 GB/s here (docs/PERFORMANCE.md). Results agree to ~1e-6 relative.
@@ -155,6 +182,18 @@ impl Linear {
             }
         }
         Ok(parts)
+    }
+
+    /// Whether [`crate::skinny`] can take an f32 input of width `k` for this layer.
+    fn skinny_ok(&self, k: i64) -> bool {
+        let plain =
+            |t: &Tensor| t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous();
+        k > 0
+            && k % 8 == 0
+            && self.weight.size() == [self.weight.size()[0], k]
+            && plain(&self.weight)
+            && self.bias.as_ref().is_none_or(plain)
+            && crate::skinny::available()
     }
 
     fn pack(&self) -> Result<()> {
