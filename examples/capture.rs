@@ -59,6 +59,10 @@ struct Args {
     /// Device: auto, cpu, cuda, cuda:N (default: $ROSETTA_DEVICE or auto).
     #[arg(long)]
     device: Option<String>,
+    /// Run linear layers on libtorch's default GEMM (MKL on CPU: HF's products, operation for operation)
+    /// instead of Rosetta's faster CPU f32 kernels.
+    #[arg(long)]
+    torch_linear: bool,
 }
 
 fn parse_points(spec: &str, num_layers: usize) -> Result<Vec<HookPoint>> {
@@ -95,7 +99,11 @@ fn main() -> Result<()> {
     let t0 = Instant::now();
     let model = Model::load(
         &args.model,
-        LoadOptions::default().with_device(device).with_kind(kind),
+        LoadOptions::default()
+            .with_device(device)
+            .with_kind(kind)
+            .with_attention(common::attention(&args.attention)?)
+            .with_fast_linear(!args.torch_linear),
     )?;
     let tok = Tokenizer::from_dir(&args.model)?;
     eprintln!(

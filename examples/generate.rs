@@ -80,6 +80,10 @@ struct Args {
     /// Device: auto, cpu, cuda, cuda:N (default: $ROSETTA_DEVICE or auto).
     #[arg(long)]
     device: Option<String>,
+    /// Run linear layers on libtorch's default GEMM (MKL on CPU: HF's products, operation for operation)
+    /// instead of Rosetta's faster CPU f32 kernels.
+    #[arg(long)]
+    torch_linear: bool,
 }
 
 fn main() -> Result<()> {
@@ -88,7 +92,10 @@ fn main() -> Result<()> {
     let kind = common::dtype(&args.dtype)?;
     let model = Model::load(
         &args.model,
-        LoadOptions::default().with_device(device).with_kind(kind),
+        LoadOptions::default()
+            .with_device(device)
+            .with_kind(kind)
+            .with_fast_linear(!args.torch_linear),
     )?;
     let tok = Tokenizer::from_dir(&args.model)?;
     let mut rows: Vec<common::Row> = args

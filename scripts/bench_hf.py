@@ -13,7 +13,8 @@ apart) are run. Reported: the median tok/s of each side and the median over roun
 ratio, which cancels most of this VM's drift (other tenants, ~10%) since both sides of a round see the
 same machine state.
 
-Capture: a batch of 8 x 128 tokens, activations of one middle layer's output.
+Capture: a batch of 8 x 128 tokens, activations of one middle layer's output, in f32 and bf16 (both dtypes
+in every round, so the bf16/f32 ratio of each side is paired too).
   HF full   : model(ids) with a forward hook on layers[L] that copies the output (the usual HF way)
   HF early  : the same hook raises an exception to stop the forward (the fastest HF trick)
   Rosetta   : `capture --points resid_post.L --repeat N --serve` (the pass stops after block L by design)
@@ -95,50 +96,61 @@ def summary(values):
     return statistics.median(values)
 
 
-def bench_capture(name, repeat, rows, rounds):
+def bench_capture(name, repeat, rows, rounds, dtype_rows):
     d = MODELS / name
     layer = LAYERS[name]
     tok = AutoTokenizer.from_pretrained(d)
     ids = batch_ids(tok, 8, 128)
     ntok = ids.numel()
-    for dtype, dname in [(torch.float32, "f32"), (torch.bfloat16, "bf16")]:
-        model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype).eval()
-        captured = {}
+    dtypes = [(torch.float32, "f32"), (torch.bfloat16, "bf16")]
+    models = {dn: AutoModelForCausalLM.from_pretrained(d, dtype=dt).eval() for dt, dn in dtypes}
+    captured = {}
 
-        def keep(_m, _i, out):
-            captured["x"] = (out[0] if isinstance(out, tuple) else out).detach()
+    def keep(_m, _i, out):
+        captured["x"] = (out[0] if isinstance(out, tuple) else out).detach()
 
-        def stop(_m, _i, out):
-            keep(_m, _i, out)
-            raise Stop
+    def stop(_m, _i, out):
+        keep(_m, _i, out)
+        raise Stop
 
-        def early():
-            try:
-                model(ids)
-            except Stop:
-                pass
+    with tempfile.TemporaryDirectory() as tmp:
+        jl = Path(tmp) / "ids.jsonl"
+        jl.write_text("".join(json.dumps({"ids": r}) + "\n" for r in ids.tolist()))
+        ours = {dn: Rosetta("capture", ["--model", str(d), "--input", str(jl), "--points", f"resid_post.{layer}",
+                                        "--out", str(Path(tmp) / f"a-{dn}.safetensors"), "--batch-size", "8",
+                                        "--dtype", dn])
+                for _, dn in dtypes}
+        full = {dn: [] for _, dn in dtypes}
+        early_t = {dn: [] for _, dn in dtypes}
+        mine = {dn: [] for _, dn in dtypes}
+        with torch.no_grad():
+            # Interleaved rounds; in each, both dtypes and for each HF full, HF early stop, Rosetta. The
+            # bf16/f32 ratios are then paired within a round too.
+            for _ in range(rounds):
+                for _, dn in dtypes:
+                    model = models[dn]
 
-        with tempfile.TemporaryDirectory() as tmp:
-            jl = Path(tmp) / "ids.jsonl"
-            jl.write_text("".join(json.dumps({"ids": r}) + "\n" for r in ids.tolist()))
-            ours = Rosetta("capture", ["--model", str(d), "--input", str(jl), "--points", f"resid_post.{layer}",
-                                       "--out", str(Path(tmp) / "a.safetensors"), "--batch-size", "8",
-                                       "--dtype", dname])
-            full, early_t, mine = [], [], []
-            with torch.no_grad():
-                for _ in range(rounds):  # interleaved rounds: HF full, HF early stop, Rosetta
+                    def early():
+                        try:
+                            model(ids)
+                        except Stop:
+                            pass
+
                     h = model.model.layers[layer].register_forward_hook(keep)
-                    full.append(ntok / timed(lambda: model(ids), repeat))
+                    full[dn].append(ntok / timed(lambda: model(ids), repeat))
                     h.remove()
                     h = model.model.layers[layer].register_forward_hook(stop)
-                    early_t.append(ntok / timed(early, repeat))
+                    early_t[dn].append(ntok / timed(early, repeat))
                     h.remove()
-                    mine.append(ours.chunk(repeat))
-            ours.close()
-        del model
-        rows.append(("capture", name, f"resid_post.{layer}", dname, "8x128", full, early_t, mine))
-        print(f"capture {name} L{layer} {dname}: HF full {summary(full):.1f} tok/s, HF early-stop "
-              f"{summary(early_t):.1f}, Rosetta {summary(mine):.1f}", flush=True)
+                    mine[dn].append(ours[dn].chunk(repeat))
+        for p in ours.values():
+            p.close()
+    del models
+    for _, dn in dtypes:
+        rows.append(("capture", name, f"resid_post.{layer}", dn, "8x128", full[dn], early_t[dn], mine[dn]))
+        print(f"capture {name} L{layer} {dn}: HF full {summary(full[dn]):.1f} tok/s, HF early-stop "
+              f"{summary(early_t[dn]):.1f}, Rosetta {summary(mine[dn]):.1f}", flush=True)
+    dtype_rows.append((name, f"resid_post.{layer}", early_t["bf16"], early_t["f32"], mine["bf16"], mine["f32"]))
 
 
 def bench_generate(name, repeat, rows, rounds, new_tokens=64):
@@ -188,10 +200,10 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("ROSETTA_BENCH_THREADS", torch.get_num_threads())))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    rows = []
+    rows, dtype_rows = [], []
     for name in args.models.split(","):
         if "capture" in args.cases:
-            bench_capture(name, args.repeat, rows, args.rounds)
+            bench_capture(name, args.repeat, rows, args.rounds, dtype_rows)
         if "generate" in args.cases:
             bench_generate(name, args.repeat, rows, args.rounds)
     lines = ["| case | model | point | dtype | shape | HF tok/s | HF early-stop tok/s | Rosetta tok/s | vs HF | "
@@ -205,6 +217,10 @@ def main():
         lines.append(f"| {case} | {name} | {point} | {dt} | {shape} | {summary(hf):.1f} | "
                      f"{'' if early is None else f'{summary(early):.1f}'} | {summary(ours):.1f} | "
                      f"{ratio(ours, hf)} | {'' if early is None else ratio(ours, early)} |")
+    if dtype_rows:
+        lines += ["", "| capture bf16 vs f32 | point | HF early-stop bf16/f32 | Rosetta bf16/f32 |", "|---|---|---:|---:|"]
+        for name, point, hf16, hf32, our16, our32 in dtype_rows:
+            lines.append(f"| {name} | {point} | {ratio(hf16, hf32)} | {ratio(our16, our32)} |")
     table = "\n".join(lines)
     print(table)
     if args.markdown:

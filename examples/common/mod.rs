@@ -26,6 +26,15 @@ pub fn dtype(arg: &str) -> Result<Kind> {
     })
 }
 
+/// Parse `--attention`: `sdpa` (libtorch's fused kernel) or `eager` (HF's op order).
+pub fn attention(arg: &str) -> Result<rosetta::hooks::AttentionImpl> {
+    Ok(match arg {
+        "sdpa" => rosetta::hooks::AttentionImpl::Sdpa,
+        "eager" => rosetta::hooks::AttentionImpl::Eager,
+        other => bail!("unsupported --attention {other:?} (sdpa, eager)"),
+    })
+}
+
 /// One input row: plain text or a chat conversation.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]

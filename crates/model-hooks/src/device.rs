@@ -101,6 +101,25 @@ pub fn flush_denormals() -> bool {
     }
 }
 
+/// Whether this CPU has AMX-BF16 tile instructions (Intel Xeon since Sapphire Rapids).
+///
+/// With them libtorch's CPU attention multiplies bf16 natively; without them its bf16 and f16 products go
+/// through MKL routines that convert to f32 anyway (see the attention in `model.rs`).
+pub(crate) fn cpu_has_amx_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID.(EAX=7, ECX=0):EDX bit 22 is AMX-BF16.
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID leaf 7 exists on every x86-64 CPU libtorch runs on (it needs AVX2 at least).
+        let r = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+        r.edx & (1 << 22) != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

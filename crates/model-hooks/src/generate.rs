@@ -199,9 +199,6 @@ impl Model {
     ) -> Result<Generation> {
         validate(opts)?;
         let _guard = tch::no_grad_guard();
-        if self.options().pack_for_decoding {
-            self.pack_for_decoding()?;
-        }
         let device = self.device();
         let batch = Batch::from_sequences(prompts, pad_id, PaddingSide::Left, device)?;
         let (b, t) = (batch.size(), batch.seq_len());

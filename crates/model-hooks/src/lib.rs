@@ -37,6 +37,7 @@ pub mod generate;
 pub mod hooks;
 pub mod model;
 pub mod numerics;
+mod onednn;
 mod skinny;
 pub mod tokenizer;
 pub mod weights;

@@ -38,9 +38,12 @@ pub struct LoadOptions {
     pub kind: Kind,
     /// Attention implementation.
     pub attention: AttentionImpl,
-    /// CPU f32 only: let generation keep a oneDNN copy of the weights for decoding steps (2-3x faster
-    /// decoding, twice the weight memory). See [`Model::pack_for_decoding`].
-    pub pack_for_decoding: bool,
+    /// CPU f32 only (default true): run linear layers on Rosetta's few-row kernel (up to 16 rows, see
+    /// `skinny.rs`) and on oneDNN's inner product (more rows, `onednn.rs`) instead of libtorch's default
+    /// GEMM (MKL, HF's path). Capture 1.1-1.2x and decoding 2-3x faster on this project's machine
+    /// (docs/PERFORMANCE.md); results differ from MKL's by float rounding (~1e-6 relative). `false`
+    /// reproduces HF's CPU products operation for operation.
+    pub fast_linear: bool,
 }
 
 impl Default for LoadOptions {
@@ -49,7 +52,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             kind: Kind::Float,
             attention: AttentionImpl::Sdpa,
-            pack_for_decoding: true,
+            fast_linear: true,
         }
     }
 }
@@ -70,9 +73,9 @@ impl LoadOptions {
         self.attention = attention;
         self
     }
-    /// Allow or forbid the decoding copy of the weights (CPU f32).
-    pub fn with_pack_for_decoding(mut self, pack: bool) -> Self {
-        self.pack_for_decoding = pack;
+    /// Use Rosetta's CPU f32 linear kernels or libtorch's default GEMM (see [`LoadOptions::fast_linear`]).
+    pub fn with_fast_linear(mut self, fast: bool) -> Self {
+        self.fast_linear = fast;
         self
     }
 }
@@ -82,48 +85,52 @@ impl LoadOptions {
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
-    /// oneDNN copy of `weight` for few-row inputs (decoding) on CPU in f32; see [`Model::pack_for_decoding`].
-    packed: OnceLock<Tensor>,
+    /// Run on Rosetta's CPU f32 kernels ([`LoadOptions::fast_linear`], weights contiguous CPU f32).
+    fast: bool,
 }
 
-/// Inputs with at most this many rows use the oneDNN copy of the weights when one exists.
-const PACKED_MAX_ROWS: i64 = 64;
+/// Inputs with at most this many rows are decoding-sized: stacked projections run as one product.
+const DECODING_MAX_ROWS: i64 = 64;
 
-/// Stacked projections with more output bytes than this run as separate matmuls (see
+/// Stacked projections with more output bytes than this run as separate products (see
 /// [`Linear::forward_parts`]).
 const FUSED_OUTPUT_MAX_BYTES: i64 = 16 << 20;
 
 impl Linear {
-    fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self {
-            weight,
-            bias,
-            packed: OnceLock::new(),
-        }
+    /// `fast` asks for Rosetta's CPU f32 kernels; it holds only where the weights allow them.
+    fn new(weight: Tensor, bias: Option<Tensor>, fast: bool) -> Self {
+        let plain =
+            |t: &Tensor| t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous();
+        let fast = fast && weight.dim() == 2 && plain(&weight) && bias.as_ref().is_none_or(plain);
+        Self { weight, bias, fast }
     }
 
     /// `[.., in] -> [.., out]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(packed) = self.packed.get() {
+        self.product(x, &self.weight, self.bias.as_ref())
+    }
+
+    /// `x wᵀ + b` for this layer's weight or a block of its rows, on the kernel that suits the input.
+    fn product(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        if self.fast && x.kind() == Kind::Float && x.device() == Device::Cpu && !x.requires_grad() {
             let shape = x.size();
             let k = shape[shape.len() - 1];
             let rows = x.numel() as i64 / k.max(1);
-            if rows <= crate::skinny::MAX_ROWS && !x.requires_grad() && self.skinny_ok(k) {
-                // A few rows: the weight-streaming kernel (see `skinny`), on the original weights.
+            let skinny = rows <= crate::skinny::MAX_ROWS && k > 0 && k % 8 == 0 && w.size()[1] == k;
+            if skinny && crate::skinny::available() {
+                // A few rows (decoding): the weight-streaming kernel (see `skinny`).
                 let xs = x.f_reshape([rows, k])?.f_contiguous()?;
-                let n = self.weight.size()[0];
+                let n = w.size()[0];
                 let y = Tensor::f_empty([rows, n], (Kind::Float, Device::Cpu))?;
-                let b = self
-                    .bias
-                    .as_ref()
-                    .map_or(std::ptr::null(), |b| b.data_ptr() as *const f32);
-                // SAFETY: `skinny_ok` checked that weight and bias are contiguous CPU f32 of shapes
-                // [n, k] and [n]; `xs` is contiguous [rows, k] f32 and `y` a fresh [rows, n] buffer.
+                let bias = b.map_or(std::ptr::null(), |b| b.data_ptr() as *const f32);
+                // SAFETY: `new` checked that the weight and bias are contiguous CPU f32; `w` and `b` are
+                // they or blocks of their rows (still contiguous), `w` is [n, k] (checked above) and `b`
+                // [n]; `xs` is contiguous [rows, k] f32 and `y` a fresh [rows, n] buffer.
                 unsafe {
                     crate::skinny::linear(
                         xs.data_ptr() as *const f32,
-                        self.weight.data_ptr() as *const f32,
-                        b,
+                        w.data_ptr() as *const f32,
+                        bias,
                         y.data_ptr() as *mut f32,
                         rows as usize,
                         n as usize,
@@ -135,35 +142,28 @@ impl Linear {
                 out_shape[last] = n;
                 return Ok(y.f_reshape(out_shape)?);
             }
-            if rows <= PACKED_MAX_ROWS && !x.requires_grad() {
-                // MKL's sgemm streams weights at 6-12 GB/s for a handful of rows; oneDNN's inner product
-                // reaches 14-100 GB/s here (docs/PERFORMANCE.md). Results agree to ~1e-6 relative.
-                let xm = x.f_reshape([rows, k])?.f_contiguous()?.f_to_mkldnn(None)?;
-                let y = Tensor::f_mkldnn_linear(&xm, packed, self.bias.as_ref())?
-                    .f_to_dense(None, false)?;
-                let mut out_shape = shape;
-                let last = out_shape.len() - 1;
-                out_shape[last] = self.weight.size()[0];
-                return Ok(y.f_reshape(out_shape)?);
+            if crate::onednn::available() {
+                // More rows: oneDNN's inner product beats MKL's sgemm here (see `onednn`).
+                return crate::onednn::linear(x, w, b);
             }
         }
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+        Ok(x.f_linear(w, b)?)
     }
 
     /// Forward of a stacked projection, returned as its parts (`sizes` output columns each).
     ///
-    /// Few rows: one fused matmul, then views. Many rows: one matmul per part on views of the stacked
-    /// weight, when the fused output would be large — a single allocation beyond glibc's mmap threshold
-    /// (32 MB) is page-faulted afresh on every call and costs more than the fusion saves.
+    /// Usually one product over the stacked weight, then views. Many rows with a large output: one
+    /// product per part on row blocks of the stacked weight — a single allocation beyond glibc's mmap
+    /// threshold (32 MB) is page-faulted afresh on every call and costs more than the fusion saves.
+    /// (Splitting smaller outputs too, for contiguous parts, measured 2-9% slower end to end.)
     fn forward_parts(&self, x: &Tensor, sizes: &[i64]) -> Result<Vec<Tensor>> {
         let shape = x.size();
         let k = shape[shape.len() - 1].max(1);
         let rows = x.numel() as i64 / k;
-        let total: i64 = sizes.iter().sum();
-        let bytes = rows * total * x.kind().elt_size_in_bytes() as i64;
         let mut parts = Vec::with_capacity(sizes.len());
         let mut offset = 0;
-        if rows > PACKED_MAX_ROWS && bytes > FUSED_OUTPUT_MAX_BYTES {
+        let bytes = rows * sizes.iter().sum::<i64>() * x.kind().elt_size_in_bytes() as i64;
+        if rows > DECODING_MAX_ROWS && bytes > FUSED_OUTPUT_MAX_BYTES {
             for &n in sizes {
                 let w = self.weight.f_narrow(0, offset, n)?;
                 let b = self
@@ -171,7 +171,7 @@ impl Linear {
                     .as_ref()
                     .map(|b| b.f_narrow(0, offset, n))
                     .transpose()?;
-                parts.push(x.f_linear(&w, b.as_ref())?);
+                parts.push(self.product(x, &w, b.as_ref())?);
                 offset += n;
             }
         } else {
@@ -182,25 +182,6 @@ impl Linear {
             }
         }
         Ok(parts)
-    }
-
-    /// Whether [`crate::skinny`] can take an f32 input of width `k` for this layer.
-    fn skinny_ok(&self, k: i64) -> bool {
-        let plain =
-            |t: &Tensor| t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous();
-        k > 0
-            && k % 8 == 0
-            && self.weight.size() == [self.weight.size()[0], k]
-            && plain(&self.weight)
-            && self.bias.as_ref().is_none_or(plain)
-            && crate::skinny::available()
-    }
-
-    fn pack(&self) -> Result<()> {
-        if self.packed.get().is_none() {
-            let _ = self.packed.set(self.weight.f_to_mkldnn(None)?);
-        }
-        Ok(())
     }
 }
 
@@ -414,6 +395,7 @@ impl Model {
         }
 
         let (kind, device) = (options.kind, options.device);
+        let fast = options.fast_linear && device == Device::Cpu && kind == Kind::Float;
         let load = |name: &str| weights.load(name, Some(kind), device);
         let p = spec.weight_prefix.clone();
         let gemma = spec.norm_weight_offset;
@@ -427,6 +409,7 @@ impl Model {
                 } else {
                     None
                 },
+                fast,
             ))
         };
         // Projections that read the same input are stacked into one matmul: fewer, larger GEMMs (each
@@ -441,6 +424,7 @@ impl Model {
             Ok(Linear::new(
                 Tensor::f_cat(&weights, 0)?,
                 biases.map(|b| Tensor::f_cat(&b, 0)).transpose()?,
+                fast,
             ))
         };
         let mut layers = Vec::with_capacity(spec.num_layers);
@@ -490,6 +474,7 @@ impl Model {
                 load(lm_head_name)?
             },
             None,
+            fast,
         );
         let inv_freqs = spec
             .ropes
@@ -542,28 +527,6 @@ impl Model {
     /// Number of decoder blocks.
     pub fn num_layers(&self) -> usize {
         self.spec.num_layers
-    }
-
-    /// Keep a second copy of the weights in oneDNN's layout for inputs of at most 64 rows (decoding).
-    ///
-    /// Only on CPU in f32, where MKL's sgemm is slow for few rows: decoding gets 2-3x faster at the cost
-    /// of twice the weight memory. Idempotent; [`Model::generate`] calls it unless
-    /// [`LoadOptions::pack_for_decoding`] is false. Prefill and capture keep using the original weights.
-    pub fn pack_for_decoding(&self) -> Result<()> {
-        if self.options.device != Device::Cpu || self.options.kind != Kind::Float {
-            return Ok(());
-        }
-        for layer in &self.layers {
-            let a = &layer.self_attn;
-            for lin in [&a.qkv_proj, &a.o_proj] {
-                lin.pack()?;
-            }
-            let m = &layer.mlp;
-            for lin in [&m.gate_up_proj, &m.down_proj] {
-                lin.pack()?;
-            }
-        }
-        self.lm_head.pack()
     }
 
     /// Load options the model was loaded with.
@@ -846,16 +809,38 @@ impl Model {
                 AttnMask::Causal => (None, true),
                 AttnMask::None => (None, false),
             };
-            Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                mask,
-                0.0,
-                causal,
-                spec.attn_scale,
-                nh != nkv,
-            )?
+            let kind = q.kind();
+            if t > 1 && reduced_attention_in_f32(kind, q.device()) {
+                // libtorch's CPU flash attention multiplies bf16/f16 through MKL's mixed-precision GEMM,
+                // which converts to f32 and runs sgemm unless the CPU has AMX: f32 inputs are faster
+                // (f16 ~3x, bf16 ~10% on this project's machine, docs/PERFORMANCE.md) and keep the
+                // probabilities in f32. Decoding steps (one query) keep the cache's dtype: converting
+                // the whole cache every step would cost more than it saves.
+                let f = |x: &Tensor| x.f_to_kind(Kind::Float);
+                let mask = mask.map(f).transpose()?;
+                Tensor::f_scaled_dot_product_attention(
+                    &f(&q)?,
+                    &f(&k)?,
+                    &f(&v)?,
+                    mask.as_ref(),
+                    0.0,
+                    causal,
+                    spec.attn_scale,
+                    nh != nkv,
+                )?
+                .f_to_kind(kind)?
+            } else {
+                Tensor::f_scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    mask,
+                    0.0,
+                    causal,
+                    spec.attn_scale,
+                    nh != nkv,
+                )?
+            }
         } else {
             let AttnMask::Additive(mask) = mask else {
                 return Err(HookError::invalid("eager attention needs an explicit mask"));
@@ -881,6 +866,14 @@ impl Model {
     }
 }
 
+/// Whether fused attention over `kind` inputs on `device` should run in f32 (see [`Model::attention`]).
+fn reduced_attention_in_f32(kind: Kind, device: Device) -> bool {
+    static NO_AMX: OnceLock<bool> = OnceLock::new();
+    matches!(kind, Kind::BFloat16 | Kind::Half)
+        && device == Device::Cpu
+        && *NO_AMX.get_or_init(|| !crate::device::cpu_has_amx_bf16())
+}
+
 /// The attention mask of one pass for one attention kind.
 enum AttnMask {
     /// Additive `[B, 1, Tq, Tk]` (0 = visible, dtype minimum = hidden).
@@ -900,4 +893,38 @@ fn repeat_kv(x: &Tensor, n_rep: i64) -> Result<Tensor> {
     Ok(x.f_unsqueeze(2)?
         .f_expand([s[0], s[1], n_rep, s[2], s[3]], false)?
         .f_reshape([s[0], s[1] * n_rep, s[2], s[3]])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Linear;
+    use tch::{Device, Kind, Tensor};
+
+    /// Every path of `Linear::forward` (few-row kernel, oneDNN, libtorch) agrees with libtorch's `linear`.
+    #[test]
+    fn fast_paths_match_linear() {
+        let o = (Kind::Float, Device::Cpu);
+        let (n, k) = (48i64, 64i64);
+        let w = Tensor::randn([n, k], o);
+        let b = Tensor::randn([n], o);
+        for fast in [true, false] {
+            let lin = Linear::new(w.shallow_clone(), Some(b.shallow_clone()), fast);
+            assert_eq!(lin.fast, fast);
+            for rows in [1i64, 8, 16, 17, 64, 65, 300] {
+                let x = Tensor::randn([rows, 1, k], o);
+                let got = lin.forward(&x).unwrap();
+                assert_eq!(got.size(), [rows, 1, n]);
+                let err = (&got - x.linear(&w, Some(&b)))
+                    .abs()
+                    .max()
+                    .double_value(&[]);
+                assert!(err < 1e-4, "fast={fast}, {rows} rows: {err}");
+            }
+        }
+        // Weights the kernels cannot take turn the fast path off.
+        let strided = Linear::new(w.tr(), None, true);
+        assert!(!strided.fast);
+        let half = Linear::new(w.to_kind(Kind::BFloat16), None, true);
+        assert!(!half.fast);
+    }
 }
