@@ -116,7 +116,8 @@ impl Linear {
             let shape = x.size();
             let k = shape[shape.len() - 1];
             let rows = x.numel() as i64 / k.max(1);
-            let skinny = rows <= crate::skinny::MAX_ROWS && k > 0 && k % 8 == 0 && w.size()[1] == k;
+            let skinny =
+                (1..=crate::skinny::MAX_ROWS).contains(&rows) && k % 8 == 0 && w.size()[1] == k;
             if skinny && crate::skinny::available() {
                 // A few rows (decoding): the weight-streaming kernel (see `skinny`).
                 let xs = x.f_reshape([rows, k])?.f_contiguous()?;
@@ -142,7 +143,7 @@ impl Linear {
                 out_shape[last] = n;
                 return Ok(y.f_reshape(out_shape)?);
             }
-            if crate::onednn::available() {
+            if rows > 0 && crate::onednn::available() {
                 // More rows: oneDNN's inner product beats MKL's sgemm here (see `onednn`).
                 return crate::onednn::linear(x, w, b);
             }
@@ -910,10 +911,13 @@ mod tests {
         for fast in [true, false] {
             let lin = Linear::new(w.shallow_clone(), Some(b.shallow_clone()), fast);
             assert_eq!(lin.fast, fast);
-            for rows in [1i64, 8, 16, 17, 64, 65, 300] {
+            for rows in [0i64, 1, 8, 16, 17, 64, 65, 300] {
                 let x = Tensor::randn([rows, 1, k], o);
                 let got = lin.forward(&x).unwrap();
                 assert_eq!(got.size(), [rows, 1, n]);
+                if rows == 0 {
+                    continue;
+                }
                 let err = (&got - x.linear(&w, Some(&b)))
                     .abs()
                     .max()
