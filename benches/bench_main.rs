@@ -45,12 +45,17 @@ fn benches(c: &mut Criterion) {
     let dev = device_name(device);
     let tok = Tokenizer::from_dir(&entry.dir).expect("tokenizer");
 
-    for (kind, kname) in [(Kind::Float, "f32"), (Kind::BFloat16, "bf16")] {
-        let model = Model::load(
-            &entry.dir,
-            LoadOptions::default().with_device(device).with_kind(kind),
-        )
-        .expect("load");
+    // `f32-torch-linear`: libtorch's GEMM (HF's products) instead of Rosetta's CPU f32 kernels.
+    for (kind, kname, fast) in [
+        (Kind::Float, "f32", true),
+        (Kind::Float, "f32-torch-linear", false),
+        (Kind::BFloat16, "bf16", true),
+    ] {
+        let options = LoadOptions::default()
+            .with_device(device)
+            .with_kind(kind)
+            .with_fast_linear(fast);
+        let model = Model::load(&entry.dir, options).expect("load");
         let rows = token_rows(&tok, 8, 128);
         let batch = Batch::from_sequences(&rows, 0, PaddingSide::Right, device).expect("batch");
         let mut hooks = Hooks::new();
