@@ -116,8 +116,10 @@ impl Linear {
             let shape = x.size();
             let k = shape[shape.len() - 1];
             let rows = x.numel() as i64 / k.max(1);
-            let skinny =
-                (1..=crate::skinny::MAX_ROWS).contains(&rows) && k % 8 == 0 && w.size()[1] == k;
+            // Anything else (an input of the wrong width included) goes to libtorch, whose errors name
+            // the shapes.
+            let fits = rows > 0 && w.size()[1] == k;
+            let skinny = fits && rows <= crate::skinny::MAX_ROWS && k % 8 == 0;
             if skinny && crate::skinny::available() {
                 // A few rows (decoding): the weight-streaming kernel (see `skinny`).
                 let xs = x.f_reshape([rows, k])?.f_contiguous()?;
@@ -143,7 +145,7 @@ impl Linear {
                 out_shape[last] = n;
                 return Ok(y.f_reshape(out_shape)?);
             }
-            if rows > 0 && crate::onednn::available() {
+            if fits && crate::onednn::available() {
                 // More rows: oneDNN's inner product beats MKL's sgemm here (see `onednn`).
                 return crate::onednn::linear(x, w, b);
             }
@@ -924,6 +926,15 @@ mod tests {
                     .double_value(&[]);
                 assert!(err < 1e-4, "fast={fast}, {rows} rows: {err}");
             }
+        }
+        // An input of the wrong width gets libtorch's error, which names the shapes.
+        let lin = Linear::new(w.shallow_clone(), None, true);
+        for rows in [4i64, 100] {
+            let err = lin.forward(&Tensor::randn([rows, k + 8], o)).unwrap_err();
+            assert!(
+                err.to_string().contains("shapes cannot be multiplied"),
+                "{err}"
+            );
         }
         // Weights the kernels cannot take turn the fast path off.
         let strided = Linear::new(w.tr(), None, true);
