@@ -101,6 +101,21 @@ pub fn flush_denormals() -> bool {
     }
 }
 
+unsafe extern "C" {
+    fn dlsym(
+        handle: *mut std::ffi::c_void,
+        symbol: *const std::ffi::c_char,
+    ) -> *mut std::ffi::c_void;
+}
+
+/// Address of a C symbol in the objects already loaded into the process (libtorch and the libraries it
+/// brought: libgomp, the AOTInductor shim), or `None` where it is absent.
+pub(crate) fn loaded_symbol(name: &std::ffi::CStr) -> Option<*mut std::ffi::c_void> {
+    // SAFETY: dlsym with RTLD_DEFAULT (null on glibc) only looks the name up in the loaded objects.
+    let p = unsafe { dlsym(std::ptr::null_mut(), name.as_ptr()) };
+    (!p.is_null()).then_some(p)
+}
+
 /// Whether this CPU has AMX-BF16 tile instructions (Intel Xeon since Sapphire Rapids).
 ///
 /// With them libtorch's CPU attention multiplies bf16 natively; without them its bf16 and f16 products go

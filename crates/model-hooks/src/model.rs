@@ -812,38 +812,32 @@ impl Model {
                 AttnMask::Causal => (None, true),
                 AttnMask::None => (None, false),
             };
+            // libtorch's CPU flash attention multiplies bf16/f16 through MKL's mixed-precision GEMM, which
+            // converts to f32 and runs sgemm unless the CPU has AMX: f32 inputs are faster (f16 ~3x, bf16
+            // ~10% on this project's machine, docs/PERFORMANCE.md) and keep the probabilities in f32.
+            // Decoding steps (one query) keep the cache's dtype: converting the whole cache every step
+            // would cost more than it saves.
             let kind = q.kind();
-            if t > 1 && reduced_attention_in_f32(kind, q.device()) {
-                // libtorch's CPU flash attention multiplies bf16/f16 through MKL's mixed-precision GEMM,
-                // which converts to f32 and runs sgemm unless the CPU has AMX: f32 inputs are faster
-                // (f16 ~3x, bf16 ~10% on this project's machine, docs/PERFORMANCE.md) and keep the
-                // probabilities in f32. Decoding steps (one query) keep the cache's dtype: converting
-                // the whole cache every step would cost more than it saves.
-                let f = |x: &Tensor| x.f_to_kind(Kind::Float);
-                let mask = mask.map(f).transpose()?;
-                Tensor::f_scaled_dot_product_attention(
-                    &f(&q)?,
-                    &f(&k)?,
-                    &f(&v)?,
-                    mask.as_ref(),
-                    0.0,
-                    causal,
-                    spec.attn_scale,
-                    nh != nkv,
-                )?
-                .f_to_kind(kind)?
-            } else {
-                Tensor::f_scaled_dot_product_attention(
-                    &q,
-                    &k,
-                    &v,
-                    mask,
-                    0.0,
-                    causal,
-                    spec.attn_scale,
-                    nh != nkv,
-                )?
-            }
+            let upcast = t > 1 && reduced_attention_in_f32(kind, q.device());
+            let cast = |x: &Tensor| -> Result<Tensor> {
+                Ok(if upcast {
+                    x.f_to_kind(Kind::Float)?
+                } else {
+                    x.shallow_clone()
+                })
+            };
+            let mask = mask.map(cast).transpose()?;
+            let out = Tensor::f_scaled_dot_product_attention(
+                &cast(&q)?,
+                &cast(&k)?,
+                &cast(&v)?,
+                mask.as_ref(),
+                0.0,
+                causal,
+                spec.attn_scale,
+                nh != nkv,
+            )?;
+            out.f_to_kind(kind)?
         } else {
             let AttnMask::Additive(mask) = mask else {
                 return Err(HookError::invalid("eager attention needs an explicit mask"));

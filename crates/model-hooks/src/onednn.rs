@@ -31,22 +31,12 @@ type LinearPointwise = unsafe extern "C" fn(
     *mut *mut C_tensor,
 ) -> i32;
 
-unsafe extern "C" {
-    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
-}
-
 fn entry() -> Option<LinearPointwise> {
     static ENTRY: OnceLock<Option<LinearPointwise>> = OnceLock::new();
     *ENTRY.get_or_init(|| {
-        // SAFETY: dlsym with RTLD_DEFAULT (null on glibc) only looks the symbol up in the loaded objects
-        // (libtorch_cpu is linked in); a non-null result is the shim function the type above restates.
-        unsafe {
-            let p = dlsym(
-                std::ptr::null_mut(),
-                c"aoti_torch_cpu__linear_pointwise".as_ptr(),
-            );
-            (!p.is_null()).then(|| std::mem::transmute::<*mut c_void, LinearPointwise>(p))
-        }
+        let p = crate::device::loaded_symbol(c"aoti_torch_cpu__linear_pointwise")?;
+        // SAFETY: the symbol is libtorch's shim function, whose C signature the type above restates.
+        Some(unsafe { std::mem::transmute::<*mut c_void, LinearPointwise>(p) })
     })
 }
 
@@ -64,7 +54,7 @@ fn probe() -> bool {
     let x = Tensor::arange(24, o).view([3, 8]).sin();
     let w = Tensor::arange(40, o).view([5, 8]).cos();
     let b = Tensor::arange(5, o);
-    match call(&x, &w, Some(&b)) {
+    match linear(&x, &w, Some(&b)) {
         Ok(y) => y.size() == [3, 5] && y.allclose(&x.linear(&w, Some(&b)), 1e-5, 1e-5, false),
         Err(_) => false,
     }
@@ -74,10 +64,6 @@ fn probe() -> bool {
 ///
 /// Callers check [`available`] first and call it outside autograd (the shim bypasses the dispatcher).
 pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    call(x, w, b)
-}
-
-fn call(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let f =
         entry().ok_or_else(|| fail("aoti_torch_cpu__linear_pointwise not found in libtorch"))?;
     let mut bias = b.map_or(std::ptr::null_mut(), |b| b.as_ptr() as *mut C_tensor);

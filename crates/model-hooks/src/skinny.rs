@@ -33,25 +33,17 @@ struct Gomp {
     num_threads: IntFn,
 }
 
-unsafe extern "C" {
-    fn dlsym(handle: *mut c_void, symbol: *const std::ffi::c_char) -> *mut c_void;
-}
-
 fn gomp() -> Option<&'static Gomp> {
     static GOMP: OnceLock<Option<Gomp>> = OnceLock::new();
     GOMP.get_or_init(|| {
-        // SAFETY: dlsym with RTLD_DEFAULT (null on glibc) only looks symbols up in the loaded objects; each
-        // non-null result is the named libgomp function, whose C signature the type below restates.
+        let find = crate::device::loaded_symbol;
+        let (p, t, n) = (
+            find(c"GOMP_parallel")?,
+            find(c"omp_get_thread_num")?,
+            find(c"omp_get_num_threads")?,
+        );
+        // SAFETY: each symbol is the named libgomp function, whose C signature the type restates.
         unsafe {
-            let find = |name: &std::ffi::CStr| dlsym(std::ptr::null_mut(), name.as_ptr());
-            let (p, t, n) = (
-                find(c"GOMP_parallel"),
-                find(c"omp_get_thread_num"),
-                find(c"omp_get_num_threads"),
-            );
-            if p.is_null() || t.is_null() || n.is_null() {
-                return None;
-            }
             Some(Gomp {
                 parallel: std::mem::transmute::<*mut c_void, ParallelFn>(p),
                 thread_num: std::mem::transmute::<*mut c_void, IntFn>(t),
