@@ -45,16 +45,16 @@ fn benches(c: &mut Criterion) {
     let dev = device_name(device);
     let tok = Tokenizer::from_dir(&entry.dir).expect("tokenizer");
 
-    // `f32-torch-linear`: libtorch's GEMM (HF's products) instead of Rosetta's CPU f32 kernels.
+    // `f32-torch-kernels`: libtorch's operators (HF's computation) instead of Rosetta's CPU kernels.
     for (kind, kname, fast) in [
         (Kind::Float, "f32", true),
-        (Kind::Float, "f32-torch-linear", false),
+        (Kind::Float, "f32-torch-kernels", false),
         (Kind::BFloat16, "bf16", true),
     ] {
         let options = LoadOptions::default()
             .with_device(device)
             .with_kind(kind)
-            .with_fast_linear(fast);
+            .with_fast_kernels(fast);
         let model = Model::load(&entry.dir, options).expect("load");
         let rows = token_rows(&tok, 8, 128);
         let batch = Batch::from_sequences(&rows, 0, PaddingSide::Right, device).expect("batch");

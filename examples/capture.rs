@@ -59,10 +59,10 @@ struct Args {
     /// Device: auto, cpu, cuda, cuda:N (default: $ROSETTA_DEVICE or auto).
     #[arg(long)]
     device: Option<String>,
-    /// Run linear layers on libtorch's default GEMM (MKL on CPU: HF's products, operation for operation)
-    /// instead of Rosetta's faster CPU f32 kernels.
+    /// Run libtorch's operators only (HF's computation, operator for operator: MKL's GEMM, unfused
+    /// norms and activations) instead of Rosetta's faster CPU kernels.
     #[arg(long)]
-    torch_linear: bool,
+    torch_kernels: bool,
 }
 
 fn parse_points(spec: &str, num_layers: usize) -> Result<Vec<HookPoint>> {
@@ -103,7 +103,7 @@ fn main() -> Result<()> {
             .with_device(device)
             .with_kind(kind)
             .with_attention(common::attention(&args.attention)?)
-            .with_fast_linear(!args.torch_linear),
+            .with_fast_kernels(!args.torch_kernels),
     )?;
     let tok = Tokenizer::from_dir(&args.model)?;
     eprintln!(

@@ -80,10 +80,10 @@ struct Args {
     /// Device: auto, cpu, cuda, cuda:N (default: $ROSETTA_DEVICE or auto).
     #[arg(long)]
     device: Option<String>,
-    /// Run linear layers on libtorch's default GEMM (MKL on CPU: HF's products, operation for operation)
-    /// instead of Rosetta's faster CPU f32 kernels.
+    /// Run libtorch's operators only (HF's computation, operator for operator: MKL's GEMM, unfused
+    /// norms and activations) instead of Rosetta's faster CPU kernels.
     #[arg(long)]
-    torch_linear: bool,
+    torch_kernels: bool,
 }
 
 fn main() -> Result<()> {
@@ -95,7 +95,7 @@ fn main() -> Result<()> {
         LoadOptions::default()
             .with_device(device)
             .with_kind(kind)
-            .with_fast_linear(!args.torch_linear),
+            .with_fast_kernels(!args.torch_kernels),
     )?;
     let tok = Tokenizer::from_dir(&args.model)?;
     let mut rows: Vec<common::Row> = args

@@ -10,7 +10,7 @@ use crate::config::{ArchSpec, AttentionKind};
 use crate::error::{HookError, Result};
 use crate::hooks::{run_point, HookContext, HookPoint, Hooks};
 use crate::numerics::{
-    apply_rope, attention_mask, gated, rope_cos_sin, rope_inv_freq, softcap, RmsNorm,
+    attention_mask, gated, rope_cos_sin, rope_heads, rope_inv_freq, softcap, RmsNorm,
 };
 use crate::weights::{LoadReport, SafetensorsSet};
 use std::collections::HashMap;
@@ -38,12 +38,17 @@ pub struct LoadOptions {
     pub kind: Kind,
     /// Attention implementation.
     pub attention: AttentionImpl,
-    /// CPU f32 only (default true): run linear layers on Rosetta's few-row kernel (up to 16 rows, see
-    /// `skinny.rs`) and on oneDNN's inner product (more rows, `onednn.rs`) instead of libtorch's default
-    /// GEMM (MKL, HF's path). Capture 1.1-1.2x and decoding 2-3x faster on this project's machine
-    /// (docs/PERFORMANCE.md); results differ from MKL's by float rounding (~1e-6 relative). `false`
-    /// reproduces HF's CPU products operation for operation.
-    pub fast_linear: bool,
+    /// CPU only (default true): run Rosetta's own kernels where they apply instead of libtorch's operators
+    /// (HF's path):
+    /// * f32 linear layers on a few-row kernel (up to 16 rows, `skinny.rs`) and on oneDNN's inner product
+    ///   (more rows, `onednn.rs`) instead of MKL's GEMM: capture 1.1-1.2x and decoding 2-3x faster on this
+    ///   project's machine (docs/PERFORMANCE.md);
+    /// * one-pass RMSNorm (bf16), RoPE and gated activation (f32, bf16) with HF's rounding points
+    ///   (`fused.rs`) instead of chains of libtorch operators.
+    ///
+    /// Results differ from libtorch's by float rounding (~1e-6 relative in f32, a bf16 ulp in bf16).
+    /// `false` reproduces HF's CPU computation operator for operator.
+    pub fast_kernels: bool,
 }
 
 impl Default for LoadOptions {
@@ -52,7 +57,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             kind: Kind::Float,
             attention: AttentionImpl::Sdpa,
-            fast_linear: true,
+            fast_kernels: true,
         }
     }
 }
@@ -73,9 +78,9 @@ impl LoadOptions {
         self.attention = attention;
         self
     }
-    /// Use Rosetta's CPU f32 linear kernels or libtorch's default GEMM (see [`LoadOptions::fast_linear`]).
-    pub fn with_fast_linear(mut self, fast: bool) -> Self {
-        self.fast_linear = fast;
+    /// Use Rosetta's CPU kernels or libtorch's operators only (see [`LoadOptions::fast_kernels`]).
+    pub fn with_fast_kernels(mut self, fast: bool) -> Self {
+        self.fast_kernels = fast;
         self
     }
 }
@@ -85,7 +90,7 @@ impl LoadOptions {
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
-    /// Run on Rosetta's CPU f32 kernels ([`LoadOptions::fast_linear`], weights contiguous CPU f32).
+    /// Run on Rosetta's CPU f32 kernels ([`LoadOptions::fast_kernels`], weights contiguous CPU f32).
     fast: bool,
 }
 
@@ -398,12 +403,13 @@ impl Model {
         }
 
         let (kind, device) = (options.kind, options.device);
-        let fast = options.fast_linear && device == Device::Cpu && kind == Kind::Float;
+        let fast = options.fast_kernels && device == Device::Cpu && kind == Kind::Float;
         let load = |name: &str| weights.load(name, Some(kind), device);
         let p = spec.weight_prefix.clone();
         let gemma = spec.norm_weight_offset;
-        let norm =
-            |name: &str| -> Result<RmsNorm> { RmsNorm::new(load(name)?, gemma, spec.rms_norm_eps) };
+        let norm = |name: &str| -> Result<RmsNorm> {
+            RmsNorm::new(load(name)?, gemma, spec.rms_norm_eps, options.fast_kernels)
+        };
         let linear = |name: &str, bias: bool| -> Result<Linear> {
             Ok(Linear::new(
                 load(&format!("{name}.weight"))?,
@@ -725,7 +731,12 @@ impl Model {
             let mlp = &layer.mlp;
             let inter = spec.intermediate_size;
             let gate_up = mlp.gate_up_proj.forward_parts(&h, &[inter, inter])?;
-            let gate = gated(&gate_up[0], &gate_up[1], spec.activation)?;
+            let gate = gated(
+                &gate_up[0],
+                &gate_up[1],
+                spec.activation,
+                self.options.fast_kernels,
+            )?;
             let mut m = mlp.down_proj.forward(&gate)?;
             if let Some(post) = &layer.post_feedforward_layernorm {
                 m = post.forward(&m)?;
@@ -799,26 +810,29 @@ impl Model {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
-        let q = apply_rope(&q.f_transpose(1, 2)?, cos, sin)?;
-        let k = apply_rope(&k.f_transpose(1, 2)?, cos, sin)?;
+        let fused = self.options.attention == AttentionImpl::Sdpa && spec.attn_softcap.is_none();
+        // libtorch's CPU flash attention multiplies bf16/f16 through MKL's mixed-precision GEMM, which
+        // converts to f32 and runs sgemm unless the CPU has AMX: f32 inputs are faster (f16 ~3x, bf16 ~10%
+        // on this project's machine, docs/PERFORMANCE.md) and keep the probabilities in f32. Decoding steps
+        // (one query) keep the cache's dtype: converting the whole cache every step would cost more than it
+        // saves. The rotation writes queries (and keys, unless they go to the cache) in f32 directly.
+        let kind = q.kind();
+        let upcast = fused && t > 1 && reduced_attention_in_f32(kind, q.device());
+        let q_kind = if upcast { Kind::Float } else { kind };
+        let k_kind = if cache.is_none() { q_kind } else { kind };
+        let fast = self.options.fast_kernels;
+        let q = rope_heads(&q, cos, sin, q_kind, fast)?;
+        let k = rope_heads(&k, cos, sin, k_kind, fast)?;
         let (k, v) = match cache {
             Some(c) => c.append(l, &k, &v)?,
             None => (k, v),
         };
-        let fused = self.options.attention == AttentionImpl::Sdpa && spec.attn_softcap.is_none();
         let out = if fused {
             let (mask, causal) = match mask {
                 AttnMask::Additive(m) => (Some(m), false),
                 AttnMask::Causal => (None, true),
                 AttnMask::None => (None, false),
             };
-            // libtorch's CPU flash attention multiplies bf16/f16 through MKL's mixed-precision GEMM, which
-            // converts to f32 and runs sgemm unless the CPU has AMX: f32 inputs are faster (f16 ~3x, bf16
-            // ~10% on this project's machine, docs/PERFORMANCE.md) and keep the probabilities in f32.
-            // Decoding steps (one query) keep the cache's dtype: converting the whole cache every step
-            // would cost more than it saves.
-            let kind = q.kind();
-            let upcast = t > 1 && reduced_attention_in_f32(kind, q.device());
             let cast = |x: &Tensor| -> Result<Tensor> {
                 Ok(if upcast {
                     x.f_to_kind(Kind::Float)?

@@ -16,17 +16,25 @@ pub struct RmsNorm {
     weight: Tensor,
     gemma: bool,
     eps: f64,
+    /// Use the fused CPU kernel where it applies ([`crate::LoadOptions::fast_kernels`]).
+    fast: bool,
 }
 
 impl RmsNorm {
-    /// Build from the stored weight. `gemma` selects the `(1 + w)` convention.
-    pub fn new(weight: Tensor, gemma: bool, eps: f64) -> Result<Self> {
+    /// Build from the stored weight. `gemma` selects the `(1 + w)` convention; `fast` allows the fused CPU
+    /// kernel (bf16), which rounds where HF's operators do but sums the mean in another order.
+    pub fn new(weight: Tensor, gemma: bool, eps: f64, fast: bool) -> Result<Self> {
         let weight = if gemma {
             weight.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?
         } else {
             weight
         };
-        Ok(Self { weight, gemma, eps })
+        Ok(Self {
+            weight,
+            gemma,
+            eps,
+            fast,
+        })
     }
 
     /// Normalise over the last dimension. Shapes: `[.., d] -> [.., d]`, dtype preserved.
@@ -39,6 +47,12 @@ impl RmsNorm {
             return Ok(x
                 .f_internal_fused_rms_norm([d].as_slice(), Some(&self.weight), self.eps)?
                 .0);
+        }
+        if kind == Kind::BFloat16 && self.fast {
+            // One pass instead of eight operators, same rounding points (crate::fused).
+            if let Some(y) = crate::fused::rms_norm(x, &self.weight, self.gemma, self.eps) {
+                return y;
+            }
         }
         let x32 = x.f_to_kind(Kind::Float)?;
         let var = x32.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
@@ -110,6 +124,25 @@ pub fn rope_cos_sin(
     Ok((emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?))
 }
 
+/// Rotate the queries or keys of a projection and lay them out head-major: `[B, T, H, D]` (a view of the
+/// projection's output) to a `[B, H, T, D]` tensor in `out_kind`, equal to [`apply_rope`] on the
+/// transposed view followed by a cast. With `fast`, on CPU, it is one fused pass (`crate::fused`),
+/// bit-identical.
+pub fn rope_heads(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    out_kind: Kind,
+    fast: bool,
+) -> Result<Tensor> {
+    if fast {
+        if let Some(y) = crate::fused::rope(x, cos, sin, out_kind) {
+            return y;
+        }
+    }
+    Ok(apply_rope(&x.f_transpose(1, 2)?, cos, sin)?.f_to_kind(out_kind)?)
+}
+
 /// Rotate queries or keys: `x * cos + rotate_half(x) * sin`, HF's half-split layout.
 ///
 /// Shapes: `x` `[B, H, T, D]`, `cos`/`sin` `[B, 1, T, D]`.
@@ -138,7 +171,14 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
 /// The gated MLP's `act(gate) * up`. Without autograd it works in place in `gate` (both are usually views
 /// of one stacked projection output): no new `[.., intermediate]` buffers, which at prefill sizes are
 /// fresh page-faulted allocations.
-pub fn gated(gate: &Tensor, up: &Tensor, act: Activation) -> Result<Tensor> {
+///
+/// `fast` allows the fused CPU kernel (one pass; its `exp` is within 2 ulp of libtorch's).
+pub fn gated(gate: &Tensor, up: &Tensor, act: Activation, fast: bool) -> Result<Tensor> {
+    if fast {
+        if let Some(y) = crate::fused::gated(gate, up, act) {
+            return y;
+        }
+    }
     if gate.requires_grad() || up.requires_grad() {
         return Ok(activate(gate, act)?.f_mul(up)?);
     }
@@ -195,8 +235,8 @@ mod tests {
     fn rms_norm_matches_formula() {
         let x = Tensor::from_slice(&[1.0f32, -2.0, 3.0, 0.5]).view([1, 4]);
         let w = Tensor::from_slice(&[0.5f32, 1.0, 2.0, -1.0]);
-        let llama = RmsNorm::new(w.shallow_clone(), false, 1e-6).unwrap();
-        let gemma = RmsNorm::new(w.shallow_clone(), true, 1e-6).unwrap();
+        let llama = RmsNorm::new(w.shallow_clone(), false, 1e-6, true).unwrap();
+        let gemma = RmsNorm::new(w.shallow_clone(), true, 1e-6, true).unwrap();
         let rms = ((1.0 + 4.0 + 9.0 + 0.25) / 4.0f64 + 1e-6).sqrt();
         let want: Vec<f64> = [1.0, -2.0, 3.0, 0.5].iter().map(|v| v / rms).collect();
         let got_l = Vec::<f32>::try_from(llama.forward(&x).unwrap().view([-1])).unwrap();

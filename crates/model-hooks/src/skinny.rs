@@ -6,12 +6,10 @@
 //! weight rows in order, three at a time against four input rows held in registers, and prefetches a few
 //! blocks ahead, which reaches ~17 GB/s (docs/PERFORMANCE.md).
 //!
-//! Work is split over libtorch's own OpenMP thread pool (`GOMP_parallel`, looked up at run time in the
-//! already loaded libgomp), so no second pool competes with libtorch's spinning worker for the cores. Where
-//! any of this is missing (another architecture, no AVX2/FMA, no libgomp), [`available`] is false and
-//! callers use libtorch's matmul.
+//! Work is split over libtorch's own OpenMP thread pool ([`crate::omp`]), so no second pool competes with
+//! libtorch's spinning worker for the cores. Where any of this is missing (another architecture, no
+//! AVX2/FMA, no libgomp), [`available`] is false and callers use libtorch's matmul.
 
-use std::ffi::{c_int, c_uint, c_void};
 use std::sync::OnceLock;
 
 /// Most rows this kernel takes; more rows are better served by a blocked GEMM.
@@ -23,37 +21,6 @@ const X_ROWS: usize = 4;
 /// Blocks of `W` prefetched ahead of the one being multiplied.
 const PREFETCH_BLOCKS: usize = 4;
 
-type ParallelFn = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
-type IntFn = unsafe extern "C" fn() -> c_int;
-
-/// libgomp's entry points, as loaded by libtorch.
-struct Gomp {
-    parallel: ParallelFn,
-    thread_num: IntFn,
-    num_threads: IntFn,
-}
-
-fn gomp() -> Option<&'static Gomp> {
-    static GOMP: OnceLock<Option<Gomp>> = OnceLock::new();
-    GOMP.get_or_init(|| {
-        let find = crate::device::loaded_symbol;
-        let (p, t, n) = (
-            find(c"GOMP_parallel")?,
-            find(c"omp_get_thread_num")?,
-            find(c"omp_get_num_threads")?,
-        );
-        // SAFETY: each symbol is the named libgomp function, whose C signature the type restates.
-        unsafe {
-            Some(Gomp {
-                parallel: std::mem::transmute::<*mut c_void, ParallelFn>(p),
-                thread_num: std::mem::transmute::<*mut c_void, IntFn>(t),
-                num_threads: std::mem::transmute::<*mut c_void, IntFn>(n),
-            })
-        }
-    })
-    .as_ref()
-}
-
 /// True when this CPU and process can run the kernel.
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -62,7 +29,7 @@ pub(crate) fn available() -> bool {
         *OK.get_or_init(|| {
             std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
-                && gomp().is_some()
+                && crate::omp::available()
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -81,6 +48,10 @@ struct Job {
     n: usize,
     k: usize,
 }
+
+// SAFETY: a `Job` is only read while `linear` runs; the threads it is shared with write disjoint columns of
+// `y` and nothing else.
+unsafe impl Sync for Job {}
 
 /// `y = x wᵀ + b` with `x` `[m, k]`, `w` `[n, k]`, `b` `[n]` (or none), `y` `[m, n]`.
 ///
@@ -107,28 +78,17 @@ pub(crate) unsafe fn linear(
         n,
         k,
     };
-    let Some(g) = gomp() else { return };
-    // SAFETY: GOMP_parallel runs `run` on every thread of libtorch's pool (the caller included) and returns
-    // after all of them finished; `job` outlives the call, and each thread writes a disjoint column range.
-    unsafe { (g.parallel)(run, &job as *const Job as *mut c_void, 0, 0) };
-}
-
-extern "C" fn run(data: *mut c_void) {
-    // SAFETY: `data` is the `Job` passed by `linear`, alive for the whole parallel region.
-    let job = unsafe { &*(data as *const Job) };
-    let Some(g) = gomp() else { return };
-    // SAFETY: plain libgomp queries, valid inside a parallel region.
-    let (t, nt) = unsafe { ((g.thread_num)() as usize, (g.num_threads)().max(1) as usize) };
-    // Contiguous column ranges in whole blocks.
-    let blocks = job.n.div_ceil(W_ROWS);
-    let per = blocks.div_ceil(nt);
-    let j0 = (t * per * W_ROWS).min(job.n);
-    let j1 = ((t + 1) * per * W_ROWS).min(job.n);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `available()` checked AVX2 and FMA before any `Job` was made; the range is in bounds.
-    unsafe {
-        x86::columns(job, j0, j1)
-    };
+    // Each thread takes a contiguous range of whole column blocks.
+    crate::omp::parallel_for(n, W_ROWS, &|cols| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available()` checked AVX2 and FMA (callers check it before calling `linear`); the range
+        // is in bounds, and each thread writes its own columns of `y`.
+        unsafe {
+            x86::columns(&job, cols.start, cols.end)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (&job, cols);
+    });
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -55,7 +55,7 @@ fn check_case(case: &str, side: &str, attention: AttentionImpl, fast: bool) -> R
     let expected = SafetensorsSet::open_file(&dir.join(format!("expected_{side}.safetensors")))?;
     let options = LoadOptions::default()
         .with_attention(attention)
-        .with_fast_linear(fast);
+        .with_fast_kernels(fast);
     let model = Model::load(&dir, options).with_context(|| format!("loading {case}"))?;
     let ids = expected.load("input_ids", None, Device::Cpu)?;
     let mask = expected.load("attention_mask", None, Device::Cpu)?;
@@ -93,7 +93,7 @@ fn check_case(case: &str, side: &str, attention: AttentionImpl, fast: bool) -> R
         };
         assert!(
             d <= tol,
-            "{case} {side} {attention:?} fast_linear={fast}: {p} differs from HF by {d:e} (> {tol:e})"
+            "{case} {side} {attention:?} fast_kernels={fast}: {p} differs from HF by {d:e} (> {tol:e})"
         );
         worst = worst.max(d);
     }
@@ -109,7 +109,7 @@ fn every_family_matches_hf_at_every_hook_point() -> Result<()> {
     );
     for case in &cases {
         for side in ["left", "right"] {
-            // Rosetta's CPU linear kernels (the default) and libtorch's GEMM (HF's path) alike.
+            // Rosetta's CPU kernels (the default) and libtorch's operators (HF's path) alike.
             for (attention, fast) in [
                 (AttentionImpl::Eager, true),
                 (AttentionImpl::Eager, false),
@@ -117,9 +117,63 @@ fn every_family_matches_hf_at_every_hook_point() -> Result<()> {
             ] {
                 let worst = check_case(case, side, attention, fast)?;
                 println!(
-                    "{case:20} {side:5} {attention:?} fast_linear={fast}: max abs diff {worst:.2e}"
+                    "{case:20} {side:5} {attention:?} fast_kernels={fast}: max abs diff {worst:.2e}"
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// In bf16, Rosetta's CPU kernels (fused RMSNorm, RoPE and gated activation) round where HF's operators do:
+/// every hook point of every family stays within a few bf16 ulps of libtorch's operator chain (HF's
+/// computation), relative to the activation scale, under both paddings.
+#[test]
+fn bf16_kernels_match_torch_operators() -> Result<()> {
+    // bf16 keeps 8 significant bits: one ulp is 2^-8 relative; differences of one ulp in a norm or an
+    // activation can compound over layers into a few.
+    const BF16_TOL: f64 = 4.0 / 256.0;
+    for case in cases() {
+        let dir = golden_dir().join(&case);
+        for side in ["left", "right"] {
+            let expected =
+                SafetensorsSet::open_file(&dir.join(format!("expected_{side}.safetensors")))?;
+            let ids = expected.load("input_ids", None, Device::Cpu)?;
+            let mask = expected.load("attention_mask", None, Device::Cpu)?;
+            let batch = Batch::from_tensors(ids, mask)?;
+            let run = |fast: bool| -> Result<(Vec<HookPoint>, rosetta_model_hooks::ForwardOutput)> {
+                let options = LoadOptions::default()
+                    .with_kind(Kind::BFloat16)
+                    .with_fast_kernels(fast);
+                let model =
+                    Model::load(&dir, options).with_context(|| format!("loading {case}"))?;
+                let points = all_points(model.num_layers());
+                let mut hooks = Hooks::new();
+                for &p in &points {
+                    hooks.capture(p);
+                }
+                Ok((points.clone(), model.forward(&batch, &hooks)?))
+            };
+            let (points, fast) = run(true)?;
+            let (_, torch) = run(false)?;
+            let mut worst: f64 = 0.0;
+            for &p in &points {
+                let (a, b) = (fast.captured(p).unwrap(), torch.captured(p).unwrap());
+                assert_eq!(a.kind(), Kind::BFloat16, "{case}: {p} dtype");
+                let scale = b
+                    .abs()
+                    .max()
+                    .to_kind(Kind::Double)
+                    .double_value(&[])
+                    .max(1e-3);
+                let rel = max_diff_valid(a, b, &batch.valid) / scale;
+                assert!(
+                    rel <= BF16_TOL,
+                    "{case} {side} bf16: {p} differs from libtorch's operators by {rel:e} of its scale"
+                );
+                worst = worst.max(rel);
+            }
+            println!("{case:20} {side:5} bf16 fast vs torch kernels: worst {worst:.2e} of scale");
         }
     }
     Ok(())
