@@ -336,6 +336,10 @@ impl Gate<'_> {
     }
 }
 
+/// `e^x` on 16 f32 lanes (shared with [`crate::bf16_attention`]'s softmax).
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::exp as exp16;
+
 /// The row kernels: 16 f32 lanes (AVX-512F) with bf16 conversions by AVX512-BF16, masked row tails.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -417,7 +421,7 @@ mod x86 {
     /// infinity and underflows through subnormals to zero like libm.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")]
-    pub(super) fn exp(x: __m512) -> __m512 {
+    pub(crate) fn exp(x: __m512) -> __m512 {
         const P: [f32; 6] = [
             1.987_569_1e-4,
             1.398_199_9e-3,

@@ -29,6 +29,7 @@
 )]
 
 pub mod batch;
+mod bf16_attention;
 pub mod cache;
 pub mod config;
 pub mod device;

@@ -811,22 +811,41 @@ impl Model {
             k = kn.forward(&k)?;
         }
         let fused = self.options.attention == AttentionImpl::Sdpa && spec.attn_softcap.is_none();
-        // libtorch's CPU flash attention multiplies bf16/f16 through MKL's mixed-precision GEMM, which
-        // converts to f32 and runs sgemm unless the CPU has AMX: f32 inputs are faster (f16 ~3x, bf16 ~10%
-        // on this project's machine, docs/PERFORMANCE.md) and keep the probabilities in f32. Decoding steps
-        // (one query) keep the cache's dtype: converting the whole cache every step would cost more than it
-        // saves. The rotation writes queries (and keys, unless they go to the cache) in f32 directly.
+        let fast = self.options.fast_kernels;
         let kind = q.kind();
-        let upcast = fused && t > 1 && reduced_attention_in_f32(kind, q.device());
+        // Unpadded bf16 prefills on CPUs with AVX512-BF16 run Rosetta's attention (`bf16_attention.rs`:
+        // bf16 dot-product instructions, f32 softmax), which scales with bf16 where libtorch's does not.
+        let own = fast
+            && fused
+            && t > 1
+            && kind == Kind::BFloat16
+            && q.device() == Device::Cpu
+            && !matches!(mask, AttnMask::Additive(_))
+            && crate::bf16_attention::supports_head_dim(hd)
+            && crate::bf16_attention::available();
+        // Otherwise: libtorch's CPU flash attention multiplies bf16/f16 through MKL's mixed-precision GEMM,
+        // which converts to f32 and runs sgemm unless the CPU has AMX: f32 inputs are faster (f16 ~3x, bf16
+        // ~10% on this project's machine, docs/PERFORMANCE.md) and keep the probabilities in f32. Decoding
+        // steps (one query) keep the cache's dtype: converting the whole cache every step would cost more
+        // than it saves. The rotation writes queries (and keys, unless they go to the cache) in f32
+        // directly.
+        let upcast = !own && fused && t > 1 && reduced_attention_in_f32(kind, q.device());
         let q_kind = if upcast { Kind::Float } else { kind };
         let k_kind = if cache.is_none() { q_kind } else { kind };
-        let fast = self.options.fast_kernels;
         let q = rope_heads(&q, cos, sin, q_kind, fast)?;
         let k = rope_heads(&k, cos, sin, k_kind, fast)?;
         let (k, v) = match cache {
             Some(c) => c.append(l, &k, &v)?,
             None => (k, v),
         };
+        if own {
+            let causal = matches!(mask, AttnMask::Causal);
+            if let Some(out) = crate::bf16_attention::attention(&q, &k, &v, causal, spec.attn_scale)
+            {
+                // [B, T, H, D] contiguous: the heads are already concatenated per token.
+                return a.o_proj.forward(&out?.f_view([b, t, nh * hd])?);
+            }
+        }
         let out = if fused {
             let (mask, causal) = match mask {
                 AttnMask::Additive(m) => (Some(m), false),
