@@ -14,30 +14,15 @@
 //! and converts the values to f32 once, then serves every query head of the group.
 
 use crate::error::Result;
-use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
 /// Queries per work unit.
 const Q_BLOCK: usize = 32;
 
-/// True when this CPU and process can run the kernel.
+/// True when this CPU and process can run the kernel: the instructions and thread pool of
+/// [`crate::fused`].
 pub(crate) fn available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512dq")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512bf16")
-                && crate::omp::available()
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    crate::fused::available()
 }
 
 /// Whether [`attention`] takes heads of this size.
@@ -159,6 +144,7 @@ impl Job {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Job;
+    use crate::fused::lanes;
     use std::arch::x86_64::*;
 
     /// Per-thread buffers, reused across units.
@@ -333,17 +319,6 @@ mod x86 {
     fn bh(x: __m512i) -> __m512bh {
         // SAFETY: same size, any bit pattern is a valid value of either.
         unsafe { std::mem::transmute::<__m512i, __m512bh>(x) }
-    }
-
-    /// Lanes of the 16-wide chunk at `i` of `n`.
-    #[inline]
-    fn lanes(i: usize, n: usize) -> __mmask16 {
-        let left = n - i;
-        if left >= 16 {
-            0xFFFF
-        } else {
-            ((1u32 << left) - 1) as __mmask16
-        }
     }
 }
 

@@ -336,9 +336,9 @@ impl Gate<'_> {
     }
 }
 
-/// `e^x` on 16 f32 lanes (shared with [`crate::bf16_attention`]'s softmax).
+/// `e^x` on 16 f32 lanes, and the lane mask of a row chunk (shared with [`crate::bf16_attention`]).
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::exp as exp16;
+pub(crate) use x86::{exp as exp16, lanes};
 
 /// The row kernels: 16 f32 lanes (AVX-512F) with bf16 conversions by AVX512-BF16, masked row tails.
 #[cfg(target_arch = "x86_64")]
@@ -357,7 +357,7 @@ mod x86 {
 
     /// Lanes of the 16-wide chunk at `i` of a row of `n`.
     #[inline]
-    fn lanes(i: usize, n: usize) -> __mmask16 {
+    pub(crate) fn lanes(i: usize, n: usize) -> __mmask16 {
         let left = n - i;
         if left >= 16 {
             0xFFFF

@@ -34,6 +34,21 @@ fn reference(name: &str) -> Result<Option<(zoo::ZooEntry, SafetensorsSet)>> {
     Ok(Some((entry, SafetensorsSet::open_file(&path)?)))
 }
 
+/// Hooks capturing every point the reference holds (`resid_post` of every layer, `final_norm`, `logits`),
+/// and those points with the reference's names for them.
+fn reference_points(layers: usize) -> (Hooks, Vec<(HookPoint, String)>) {
+    let mut names: Vec<(HookPoint, String)> = (0..layers)
+        .map(|l| (HookPoint::ResidPost(l), format!("resid_post.{l}")))
+        .collect();
+    names.push((HookPoint::FinalNorm, "final_norm".into()));
+    names.push((HookPoint::Logits, "logits".into()));
+    let mut hooks = Hooks::new();
+    for (point, _) in &names {
+        hooks.capture(*point);
+    }
+    (hooks, names)
+}
+
 fn rel_diff(got: &Tensor, want: &Tensor) -> f64 {
     let scale = want.abs().max().double_value(&[]).max(1e-6);
     (got.to_kind(Kind::Double) - want.to_kind(Kind::Double))
@@ -94,26 +109,15 @@ fn check_model(name: &str) -> Result<()> {
     }
 
     // Activations, one prompt at a time (no padding, like the reference).
-    let mut hooks = Hooks::new();
-    for l in 0..layers {
-        hooks.capture(HookPoint::ResidPost(l));
-    }
-    hooks
-        .capture(HookPoint::FinalNorm)
-        .capture(HookPoint::Logits);
+    let (hooks, names) = reference_points(layers);
     let mut worst = (0.0f64, String::new());
     for (&i, p) in used.iter().zip(&prompts) {
         let batch =
             Batch::from_sequences(std::slice::from_ref(p), 0, PaddingSide::Left, Device::Cpu)?;
         let out = model.forward(&batch, &hooks)?;
-        let mut names: Vec<(HookPoint, String)> = (0..layers)
-            .map(|l| (HookPoint::ResidPost(l), format!("resid_post.{l}")))
-            .collect();
-        names.push((HookPoint::FinalNorm, "final_norm".into()));
-        names.push((HookPoint::Logits, "logits".into()));
-        for (point, key) in names {
+        for (point, key) in &names {
             let want = reference.load(&format!("prompt{i}.{key}"), None, Device::Cpu)?;
-            let got = out.captured(point).context("capture")?.get(0);
+            let got = out.captured(*point).context("capture")?.get(0);
             let d = rel_diff(&got, &want);
             assert!(
                 d <= REL_TOL,
@@ -195,19 +199,7 @@ fn check_bf16_kernels(name: &str) -> Result<()> {
         )
     };
     let (fast, torch) = (load(true)?, load(false)?);
-    let layers = fast.num_layers();
-    let mut hooks = Hooks::new();
-    for l in 0..layers {
-        hooks.capture(HookPoint::ResidPost(l));
-    }
-    hooks
-        .capture(HookPoint::FinalNorm)
-        .capture(HookPoint::Logits);
-    let mut names: Vec<(HookPoint, String)> = (0..layers)
-        .map(|l| (HookPoint::ResidPost(l), format!("resid_post.{l}")))
-        .collect();
-    names.push((HookPoint::FinalNorm, "final_norm".into()));
-    names.push((HookPoint::Logits, "logits".into()));
+    let (hooks, names) = reference_points(fast.num_layers());
     let mut worst = (0.0f64, 0.0f64, String::new());
     let (mut sum_fast, mut sum_torch) = (0.0f64, 0.0f64);
     for i in 0..n {
