@@ -1,16 +1,21 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 //! Criterion benchmarks of the model-hooks hot paths on the zoo's SmolLM2 (`make models` first):
 //! capture to a middle layer (the forward stops there), and steered greedy generation at batch 1 and 8.
-//! Names are prefixed with the device (`cpu/...`, `cuda:0/...`).
+//! Names are prefixed with the device (`cpu/...`, `cuda:0/...`). `cpu/kernels/...` times the element-wise
+//! layers at SmolLM2's shapes (1024 tokens) with Rosetta's fused CPU kernels against libtorch's operator
+//! chains (HF's computation), through the public `numerics` functions.
 //!
 //! ```text
 //! cargo bench --bench bench_main            # all
 //! cargo bench --bench bench_main -- capture # a subset
+//! cargo bench --bench bench_main -- kernels
 //! ```
 //! The side-by-side comparison with HF transformers is `scripts/bench_hf.py` (docs/PERFORMANCE.md).
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use rosetta::hooks::config::{Activation, RopeScaling, RopeSpec};
 use rosetta::hooks::device::device_name;
+use rosetta::hooks::numerics::{gated, rope_cos_sin, rope_heads, rope_inv_freq, RmsNorm};
 use rosetta::hooks::{
     default_device, zoo, Batch, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, PaddingSide,
     Positions, Tokenizer,
@@ -101,9 +106,61 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// RMSNorm, RoPE (queries) and the gated activation at SmolLM2's shapes, 8 x 128 tokens, each with
+/// Rosetta's fused CPU kernel (`rosetta`) and libtorch's operators (`libtorch`), in f32 and bf16.
+fn kernels(c: &mut Criterion) {
+    let (b, t, d, heads, hd, inter) = (8i64, 128i64, 576i64, 9i64, 64i64, 1536i64);
+    let mut g = c.benchmark_group("cpu/kernels");
+    g.throughput(Throughput::Elements((b * t) as u64));
+    for (kind, name) in [(Kind::Float, "f32"), (Kind::BFloat16, "bf16")] {
+        let o = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([b, t, d], o).to_kind(kind);
+        let w = (Tensor::randn([d], o) * 0.1 + 1.0).to_kind(kind);
+        // The projection output RoPE reads: q heads as a view of [B, T, (9 + 2 * 3) * 64].
+        let proj = Tensor::randn([b, t, (heads + 6) * hd], o).to_kind(kind);
+        let q = proj.narrow(2, 0, heads * hd).view([b, t, heads, hd]);
+        let spec = RopeSpec {
+            theta: 100_000.0,
+            scaling: RopeScaling::None,
+        };
+        let inv = rope_inv_freq(&spec, hd, Device::Cpu).expect("inv freq");
+        let pos = Tensor::arange(t, (Kind::Int64, Device::Cpu))
+            .view([1, t])
+            .repeat([b, 1]);
+        let (cos, sin) = rope_cos_sin(&inv, &pos, kind).expect("cos/sin");
+        let stacked = Tensor::randn([b * t, 2 * inter], o).to_kind(kind);
+        for (fast, side) in [(true, "rosetta"), (false, "libtorch")] {
+            let norm = RmsNorm::new(w.shallow_clone(), false, 1e-5, fast).expect("norm");
+            g.bench_function(format!("rms_norm/{name}/{side}"), |bch| {
+                bch.iter(|| norm.forward(&x).expect("norm"))
+            });
+            g.bench_function(format!("rope_q/{name}/{side}"), |bch| {
+                bch.iter(|| rope_heads(&q, &cos, &sin, kind, fast).expect("rope"))
+            });
+            // In place: a fresh copy of the stacked projection output per call (not timed).
+            g.bench_function(format!("gated_silu/{name}/{side}"), |bch| {
+                bch.iter_batched_ref(
+                    || stacked.copy(),
+                    |s| {
+                        gated(
+                            &s.narrow(1, 0, inter),
+                            &s.narrow(1, inter, inter),
+                            Activation::Silu,
+                            fast,
+                        )
+                        .expect("gated")
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = model_hooks;
     config = Criterion::default();
-    targets = benches
+    targets = benches, kernels
 }
 criterion_main!(model_hooks);
