@@ -43,8 +43,10 @@ pub struct LoadOptions {
     /// * f32 linear layers on a few-row kernel (up to 16 rows, `skinny.rs`) and on oneDNN's inner product
     ///   (more rows, `onednn.rs`) instead of MKL's GEMM: capture 1.1-1.2x and decoding 2-3x faster on this
     ///   project's machine (docs/PERFORMANCE.md);
-    /// * one-pass RMSNorm (bf16), RoPE and gated activation (f32, bf16) with HF's rounding points
-    ///   (`fused.rs`) instead of chains of libtorch operators.
+    /// * one-pass RMSNorm (bf16; f32 has aten's fused kernel either way), RoPE and gated activation (f32,
+    ///   bf16) with HF's rounding points (`fused.rs`) instead of chains of libtorch operators;
+    /// * attention over bf16 on bf16 dot-product instructions for unpadded prefills
+    ///   (`bf16_attention.rs`) instead of libtorch's SDPA.
     ///
     /// Results differ from libtorch's by float rounding (~1e-6 relative in f32, a bf16 ulp in bf16).
     /// `false` reproduces HF's CPU computation operator for operator.
