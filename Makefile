@@ -15,7 +15,7 @@ ZOO ?= smollm2-135m-instruct gemma3-270m qwen2.5-coder-0.5b-instruct qwen2.5-cod
 # Models whose HF reference outputs the parity tests read.
 REFERENCE_MODELS ?= $(ZOO)
 
-.PHONY: demo test setup models references build lint fmt clean-build help
+.PHONY: demo test setup models references build downstream lint fmt clean-build help
 
 help:
 	@echo "make demo    set up everything and run the demo"
@@ -43,12 +43,24 @@ build: setup
 demo: models build
 	@$(CARGO) run --release --quiet --example demo
 
+# A crate outside the workspace that depends on Rosetta by path (tests/downstream), built from outside the
+# repository so that .cargo/config.toml does not apply: it gets only what the README asks of a user (LIBTORCH,
+# and its own build.rs for the rpath), and runs without LD_LIBRARY_PATH. The shared target dir and
+# LIBTORCH_CXX11_ABI=1 (the value .cargo/config.toml sets) let it reuse the workspace's compiled libtorch bindings.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+downstream: build
+	@echo "[test] downstream crate (tests/downstream depends on rosetta by path)"
+	@cd / && LIBTORCH=$(CURDIR)/.libtorch LIBTORCH_CXX11_ABI=1 $(CARGO) build --release --locked --quiet \
+	  --manifest-path $(CURDIR)/tests/downstream/Cargo.toml --target-dir $(TARGET_DIR)
+	@cd / && env -u LD_LIBRARY_PATH $(TARGET_DIR)/release/rosetta-downstream-check $(ROSETTA_MODELS)/smollm2-135m-instruct
+
 test: references build
 	@echo "[test] python tests"
 	@$(PY) -m unittest discover -s tests/python -v
 	@echo "[test] rust tests"
 	@$(CARGO) test --release --workspace --all-targets
 	@$(CARGO) test --release --workspace --doc
+	@$(MAKE) --no-print-directory downstream
 
 lint: setup
 	@$(CARGO) fmt --all -- --check

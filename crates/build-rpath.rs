@@ -5,8 +5,13 @@
 //! 2. Records that libtorch's version and directory as `ROSETTA_LIBTORCH_VERSION` / `ROSETTA_LIBTORCH_LIB`
 //!    for `rosetta_model_hooks::device::libtorch_info` (tch exposes no version query).
 //!
+//! 3. In the facade crate (`links = "rosetta"`), republishes that directory as metadata `libtorch_lib`, so a
+//!    crate that depends on `rosetta` reads it as `DEP_ROSETTA_LIBTORCH_LIB` in its own build script and
+//!    embeds the same rpath (README, "Using the crates"; `tests/downstream/build.rs`).
+//!
 //! torch-sys (`links = "tch"`) publishes its library directory as `DEP_TCH_LIBTORCH_LIB` to crates that
-//! depend on it directly; `rustc-link-arg` applies to this package's own binaries, tests and examples.
+//! depend on it directly; `rustc-link-arg` applies to this package's own binaries, tests and examples
+//! only, never to a dependent's: hence 3.
 use std::path::Path;
 
 fn main() {
@@ -18,6 +23,9 @@ fn main() {
     };
     if cfg!(target_os = "linux") || cfg!(target_os = "macos") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+    }
+    if std::env::var_os("CARGO_MANIFEST_LINKS").is_some() {
+        println!("cargo:libtorch_lib={dir}");
     }
     let root = Path::new(&dir).parent().unwrap_or(Path::new(&dir));
     // A PyTorch wheel has `version.py` (`__version__ = '2.13.0+cu130'`); a libtorch zip has `build-version`.

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rosetta::hooks::{HookPoint, LoadOptions, Model};
 use rosetta::mapping::*;
-use rosetta::store::{DocSplit, Split, StoreReader};
+use rosetta::store::{Split, StoreReader};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -33,15 +33,23 @@ struct Args {
     /// Output map directory.
     #[arg(long)]
     out: PathBuf,
-    /// Epochs (trained kinds).
-    #[arg(long, default_value_t = 3)]
-    epochs: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-4)]
-    lr: f64,
-    /// Rows per micro-batch.
-    #[arg(long, default_value_t = 1024)]
-    batch_size: usize,
+    /// Optimiser-step budget (trained kinds): as many epochs as it takes, early stopping may end sooner.
+    /// Default: rosetta_mapping::DEFAULT_STEPS.
+    #[arg(long, conflicts_with = "epochs")]
+    steps: Option<u64>,
+    /// Train exactly this many epochs instead of a step budget.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Start from the paper's settings (3 epochs, lr 1e-4, 1024-row batches, no early stopping) instead
+    /// of Rosetta's measured defaults; other flags still override.
+    #[arg(long)]
+    paper: bool,
+    /// Peak learning rate (default 1e-3; --paper: 1e-4).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Rows per micro-batch (default 256; --paper: 1024).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Micro-batches per optimiser step.
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
@@ -60,7 +68,8 @@ struct Args {
     /// Seed (initialisation, data order, split).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Stop after N epochs without validation improvement.
+    /// Stop after N epochs without validation improvement, keeping the best weights (default 20; 0 turns
+    /// it off; off without a validation split).
     #[arg(long)]
     early_stopping: Option<usize>,
     /// Weight of a 1 - cosine term in the loss.
@@ -119,6 +128,11 @@ fn main() -> Result<()> {
         target.dim,
         spec.dtype
     );
+    let base = if args.paper {
+        TrainConfig::paper()
+    } else {
+        TrainConfig::default()
+    };
     let schedule = match args.schedule.as_str() {
         "constant" => Schedule::Constant,
         "cosine" => Schedule::Cosine {
@@ -128,31 +142,42 @@ fn main() -> Result<()> {
         "plateau" => Schedule::ReduceOnPlateau {
             factor: 0.5,
             patience: 0,
-            min_lr: args.lr * 1e-3,
+            min_lr: args.lr.unwrap_or(base.optimizer.lr) * 1e-3,
         },
         s => bail!("unknown --schedule {s:?} (constant, cosine, plateau)"),
     };
+    let patience = match args.early_stopping {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => base.early_stopping_patience,
+    };
     let config = TrainConfig {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
+        epochs: args.epochs.unwrap_or(base.epochs),
+        steps: match (args.epochs, args.steps) {
+            (Some(_), _) => None,
+            (None, Some(s)) => Some(s),
+            (None, None) => base.steps,
+        },
+        batch_size: args.batch_size.unwrap_or(base.batch_size),
         grad_accum: args.grad_accum,
         optimizer: AdamWConfig {
-            lr: args.lr,
+            lr: args.lr.unwrap_or(base.optimizer.lr),
             weight_decay: args.weight_decay,
-            ..AdamWConfig::default()
+            ..base.optimizer
         },
         schedule,
         validation_fraction: args.validation,
         split_seed: args.seed,
         seed: args.seed,
-        early_stopping_patience: args.early_stopping,
+        early_stopping_patience: patience.filter(|_| args.validation > 0.0),
         cosine_weight: args.cosine_weight,
         standardize: args.standardize,
-        ..TrainConfig::default()
+        ..base
     };
     let trainer = Trainer::new(&reader, config.clone(), device)?
         .with_checkpoints(args.out.join("checkpoints"));
     let t0 = Instant::now();
+    let mut warnings: Vec<String> = Vec::new();
     let (map, training, validation): (AnyMap, serde_json::Value, Option<Metrics>) = if kind
         .is_trained()
     {
@@ -178,8 +203,17 @@ fn main() -> Result<()> {
             map.parameters().iter().map(|t| t.numel()).sum::<usize>()
         );
         println!(
-            "\n{:>5} {:>12} {:>12} {:>8} {:>8} {:>8} {:>10} {:>10} {:>7}",
-            "epoch", "train loss", "val MSE", "cosine", "FVU", "R2", "lr", "rows/s", "time"
+            "\n{:>5} {:>12} {:>12} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>7}",
+            "epoch",
+            "train loss",
+            "val MSE",
+            "cosine",
+            "cos std",
+            "FVU",
+            "R2",
+            "lr",
+            "rows/s",
+            "time"
         );
         let mut bar = None;
         let mut per_epoch = 0u64;
@@ -203,11 +237,12 @@ fn main() -> Result<()> {
                     let v = r.validation;
                     let f = |g: fn(&Metrics) -> f64| v.as_ref().map(g).map(|x| format!("{x:.4}")).unwrap_or("-".into());
                     println!(
-                        "{:>5} {:>12.5e} {:>12} {:>8} {:>8} {:>8} {:>10.2e} {:>10.0} {:>6.1}s",
+                        "{:>5} {:>12.5e} {:>12} {:>8} {:>8} {:>8} {:>8} {:>10.2e} {:>10.0} {:>6.1}s",
                         r.epoch + 1,
                         r.train_loss,
                         v.map(|m| format!("{:.5e}", m.mse)).unwrap_or("-".into()),
                         f(|m| m.cosine),
+                        f(|m| m.cosine_std.unwrap_or(f64::NAN)),
                         f(|m| m.fvu),
                         f(|m| m.r2),
                         r.lr,
@@ -218,16 +253,17 @@ fn main() -> Result<()> {
             }
             Control::Continue
         })?;
-        println!("stopped: {:?}", out.stop);
-        let training =
-            serde_json::json!({ "config": config, "history": out.history, "stop": out.stop });
+        println!(
+            "stopped: {:?} after {} optimiser steps",
+            out.stop, out.steps
+        );
+        warnings.extend(out.warnings.iter().cloned());
+        let training = serde_json::json!({ "config": config, "history": out.history, "stop": out.stop,
+            "steps": out.steps, "warnings": out.warnings });
         (out.map, training, out.validation)
     } else {
         let bar = common::progress(reader.rows(), "rows");
-        let split = Split::Train(DocSplit {
-            validation_fraction: args.validation,
-            seed: args.seed,
-        });
+        let split = Split::Train(trainer.split());
         let mut m = CrossMoments::new(spec.source.dim, target.dim, Precision::F32, device)?;
         for b in reader.batches(4096, None, split)? {
             let b = b?;
@@ -258,14 +294,28 @@ fn main() -> Result<()> {
             m.rows(),
             t0.elapsed().as_secs_f64()
         );
-        let training = serde_json::json!({ "fit": fit_cfg, "rows": m.rows(), "validation_fraction": args.validation, "split_seed": args.seed });
+        if validation.is_none() {
+            println!(
+                "no validation split (--validation 0): the map is saved without validation metrics"
+            );
+        }
+        warnings.extend(quality_warnings(None, validation.as_ref()));
+        let training = serde_json::json!({ "fit": fit_cfg, "rows": m.rows(), "validation_fraction": args.validation, "split_seed": args.seed, "warnings": warnings });
         (map, training, validation)
     };
     if let Some(v) = validation {
         println!(
-            "\nvalidation ({} rows): MSE {:.5e}  cosine {:.4}  FVU {:.4}  R2 {:.4}",
-            v.rows, v.mse, v.cosine, v.fvu, v.r2
+            "\nvalidation ({} rows): MSE {:.5e}  cosine {:.4}  standardised cosine {:.4}  FVU {:.4}  R2 {:.4}",
+            v.rows,
+            v.mse,
+            v.cosine,
+            v.cosine_std.unwrap_or(f64::NAN),
+            v.fvu,
+            v.r2
         );
+    }
+    for w in &warnings {
+        eprintln!("\n*** WARNING: {w}");
     }
     let desc = MapDescription {
         source: Some((&spec.source).into()),
@@ -290,18 +340,9 @@ fn main() -> Result<()> {
             },
         )?;
         let point: HookPoint = target.hook_point.parse()?;
-        let (_, sy) = reader.stats(Split::Train(DocSplit {
-            validation_fraction: args.validation,
-            seed: args.seed,
-        }))?;
+        let (_, sy) = reader.stats(Split::Train(trainer.split()))?;
         let mean = tch::Tensor::from_slice(sy.context("no target statistics")?.mean());
-        let docs = KlDoc::from_store(
-            &reader,
-            Split::Validation(DocSplit {
-                validation_fraction: args.validation,
-                seed: args.seed,
-            }),
-        );
+        let docs = KlDoc::from_store(&reader, Split::Validation(trainer.split()));
         let opts = KlOptions {
             docs_per_batch: 4,
             max_docs: Some(args.kl_docs),

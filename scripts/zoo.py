@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import gc
 import hashlib
 import importlib.metadata
@@ -498,6 +499,28 @@ def _wheel_ok(wheel: Path, members: Iterable[str]) -> bool:
 
 
 _PROGRESS = re.compile(r"^Progress (\d+) of (\d+)")
+# `pip download --progress-bar raw` (machine-readable "Progress N of M" lines) exists from pip 24.1 on.
+RAW_PROGRESS_PIP = (24, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def pip_version(python: str | os.PathLike = sys.executable) -> tuple[int, ...]:
+    """The version of `python -m pip` as a tuple of ints (`(23, 2, 1)`). Raises ZooError when pip is missing."""
+    try:
+        out = subprocess.run(
+            [str(python), "-m", "pip", "--version"], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise ZooError(f"{python} has no working pip ({e}); rerun scripts/setup-python.sh") from e
+    m = re.match(r"pip (\d+(?:\.\d+)*)", out)
+    if not m:
+        raise ZooError(f"could not read pip's version from {out.strip()!r}")
+    return tuple(int(p) for p in m.group(1).split("."))
+
+
+def progress_bar_option(version: tuple[int, ...]) -> str:
+    """`raw` where pip has it (download percentages are then reported), else `off`."""
+    return "raw" if version >= RAW_PROGRESS_PIP else "off"
 
 
 def download_wheel(
@@ -517,7 +540,7 @@ def download_wheel(
     staging.mkdir()
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-        "--disable-pip-version-check", "--progress-bar", "raw",
+        "--disable-pip-version-check", "--progress-bar", progress_bar_option(pip_version()),
         "--retries", str(retries), "--timeout", str(timeout), "-d", str(staging),
     ]
     if index_url:

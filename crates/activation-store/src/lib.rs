@@ -62,7 +62,7 @@
 //! }
 //! merge_stores("store", &["store-0", "store-1"])?;
 //! let r = StoreReader::open("store")?;
-//! let split = DocSplit { validation_fraction: 0.1, seed: 7 };
+//! let split = DocSplit::new(0.1, 7);
 //! for epoch in 0..3 {
 //!     for batch in r.batches(256, Some(epoch), Split::Train(split))? {
 //!         let batch = batch?;

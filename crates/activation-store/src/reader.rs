@@ -33,19 +33,40 @@ use tch::{Device, Kind, Tensor};
 
 /// A document-level train/validation split: a document is in exactly one part, decided by a hash of its id
 /// and the seed alone (independent of shard layout, batch size and shuffling).
+///
+/// On a store of few documents the hash can leave a part empty (10% of 8 documents is often none): build
+/// the split with [`StoreReader::doc_split`], which then moves one document across so both parts hold at
+/// least one ([`DocSplit::moved`]), or refuses a store too small to split.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DocSplit {
     /// Expected share of documents in the validation part, in `[0, 1]`.
     pub validation_fraction: f64,
     /// Seed of the split.
     pub seed: u64,
+    /// A document whose part is the opposite of what its hash says (set by [`StoreReader::doc_split`]
+    /// when the hash alone leaves a part empty).
+    pub moved: Option<i64>,
 }
 
 impl DocSplit {
+    /// The hash split of `validation_fraction` of the documents with `seed`, nothing moved.
+    pub fn new(validation_fraction: f64, seed: u64) -> Self {
+        Self {
+            validation_fraction,
+            seed,
+            moved: None,
+        }
+    }
+
+    /// The document's hash as a uniform number in `[0, 1)`: validation when below the fraction.
+    fn draw(&self, doc_id: i64) -> f64 {
+        let h = splitmix64(self.seed ^ splitmix64(doc_id as u64));
+        (h >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// Whether `doc_id` belongs to the validation part.
     pub fn is_validation(&self, doc_id: i64) -> bool {
-        let h = splitmix64(self.seed ^ splitmix64(doc_id as u64));
-        ((h >> 11) as f64 / (1u64 << 53) as f64) < self.validation_fraction
+        (self.draw(doc_id) < self.validation_fraction) != (self.moved == Some(doc_id))
     }
 }
 
@@ -323,6 +344,54 @@ impl StoreReader {
             w += n as i64;
         }
         Ok(w - at)
+    }
+
+    /// The document ids of the store, sorted and deduplicated (reads the document-id column of every shard).
+    pub fn doc_ids(&self) -> Result<Vec<i64>> {
+        let mut ids = Vec::new();
+        for i in 0..self.layouts.len() {
+            ids.extend(self.shard_doc_ids(i)?);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// The document split of `validation_fraction` with `seed` over this store's documents, such that
+    /// neither part is empty: where the hash puts no document into validation (or every document), the
+    /// document closest to the other side moves across ([`DocSplit::moved`]), so a store of two or more
+    /// documents always validates on at least one. `validation_fraction` 0 keeps every document for
+    /// training. A store of one document cannot be split: an error that says so, before any work.
+    pub fn doc_split(&self, validation_fraction: f64, seed: u64) -> Result<DocSplit> {
+        let mut split = DocSplit::new(validation_fraction, seed);
+        if !(0.0..1.0).contains(&validation_fraction) {
+            return Err(StoreError::InvalidArgument(format!(
+                "validation fraction must be in [0, 1), got {validation_fraction}"
+            )));
+        }
+        if validation_fraction == 0.0 {
+            return Ok(split);
+        }
+        let ids = self.doc_ids()?;
+        if ids.len() < 2 {
+            return Err(StoreError::InvalidArgument(format!(
+                "store {} holds {} document(s): a validation split needs at least two (or use a \
+                 validation fraction of 0 to train on everything without validation)",
+                self.dir.display(),
+                ids.len()
+            )));
+        }
+        let validation = ids.iter().filter(|&&d| split.is_validation(d)).count();
+        let draw = |d: &&i64| split.draw(**d);
+        let by_draw = |a: &&i64, b: &&i64| draw(a).total_cmp(&draw(b));
+        split.moved = if validation == 0 {
+            ids.iter().min_by(by_draw).copied()
+        } else if validation == ids.len() {
+            ids.iter().max_by(by_draw).copied()
+        } else {
+            None
+        };
+        Ok(split)
     }
 
     /// Document id of every row of shard `i`.
@@ -728,10 +797,7 @@ mod tests {
         let ids = [1, 1, 2, 2, 2, 3, 4, 4];
         assert_eq!(runs_in(&ids, Split::All), vec![(0, 8)]);
         assert!(runs_in(&[], Split::All).is_empty());
-        let split = DocSplit {
-            validation_fraction: 0.5,
-            seed: 11,
-        };
+        let split = DocSplit::new(0.5, 11);
         let train = runs_in(&ids, Split::Train(split));
         let val = runs_in(&ids, Split::Validation(split));
         let mut rows: Vec<usize> = train.iter().chain(&val).flat_map(|&(a, b)| a..b).collect();

@@ -237,10 +237,7 @@ fn validation_documents_never_in_training() {
     let dir = tmp("split");
     write_store(&dir, 0..80, true);
     let r = StoreReader::open(&dir).unwrap();
-    let split = DocSplit {
-        validation_fraction: 0.25,
-        seed: 3,
-    };
+    let split = DocSplit::new(0.25, 3);
     let docs_of = |s: Split| -> BTreeSet<i64> {
         tags(r.batches(5, Some(9), s).unwrap(), 5)
             .into_iter()
@@ -406,10 +403,7 @@ fn welford_matches_direct_computation() {
     let dir = tmp("stats");
     write_store(&dir, 0..30, true);
     let r = StoreReader::open(&dir).unwrap();
-    let split = DocSplit {
-        validation_fraction: 0.3,
-        seed: 1,
-    };
+    let split = DocSplit::new(0.3, 1);
     for s in [Split::All, Split::Train(split)] {
         let (sx, sy) = r.stats(s).unwrap();
         let mut xs = Vec::new();

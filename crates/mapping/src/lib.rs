@@ -53,6 +53,7 @@ pub use map::{Affine, AnyMap, Autoencoder, AutoencoderInit, MapKind, Mapping, St
 pub use metrics::{metrics, Metrics, MetricsAccumulator};
 pub use save::{save_map, Endpoint, MapDescription, MapInfo, SavedMap};
 pub use train::{
-    cosine_lr, evaluate, loss_and_grads, AdamW, AdamWConfig, Control, EpochRecord, Schedule,
-    StopReason, TrainConfig, TrainEvent, TrainOutcome, Trainer,
+    cosine_lr, evaluate, loss_and_grads, quality_warnings, AdamW, AdamWConfig, Control,
+    EpochRecord, Schedule, StopReason, TrainConfig, TrainEvent, TrainOutcome, Trainer,
+    DEFAULT_STEPS, MIN_TRUSTED_STEPS,
 };

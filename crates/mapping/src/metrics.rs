@@ -8,6 +8,11 @@
 //!   predictor scores 1);
 //! - `r2 = mean over dims j with nonzero variance of 1 - Σ_i (ŷ_ij - y_ij)² / Σ_i (y_ij - ȳ_j)²`
 //!   (scikit-learn's `r2_score`, uniform average). `1 - fvu` is the variance-weighted R².
+//! - `cosine_std = mean over rows of cos(z(ŷ_i), z(y_i))` with `z(v)_j = (v_j - μ_j) / σ_j` and `μ`, `σ`
+//!   given per dimension (the training split's statistics, [`MetricsAccumulator::with_standardization`]):
+//!   the cosine in the space where every dimension counts alike. Residual streams have a few outlier
+//!   dimensions of huge magnitude that dominate the raw cosine and FVU; a map can score well on those
+//!   and still miss the small dimensions a steering direction lives in. `None` without statistics.
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -27,6 +32,10 @@ pub struct Metrics {
     pub fvu: f64,
     /// Coefficient of determination, uniform average over dimensions.
     pub r2: f64,
+    /// Mean cosine similarity per row after per-dimension standardisation (see the module docs); `None`
+    /// when no statistics were given.
+    #[serde(default)]
+    pub cosine_std: Option<f64>,
 }
 
 /// Streaming accumulator for [`Metrics`].
@@ -35,6 +44,9 @@ pub struct MetricsAccumulator {
     d: i64,
     rows: u64,
     cos_sum: f64,
+    /// Per-dim mean and 1/std of the standardisation (f64, `[d]`) and Σ of standardised cosines.
+    standardize: Option<(Tensor, Tensor)>,
+    cos_std_sum: f64,
     /// Per-dim Σ (ŷ - y)², Σ y, Σ y² (f64, on the device of the first batch).
     sse: Option<Tensor>,
     sum_y: Option<Tensor>,
@@ -48,10 +60,32 @@ impl MetricsAccumulator {
             d: d_tgt,
             rows: 0,
             cos_sum: 0.0,
+            standardize: None,
+            cos_std_sum: 0.0,
             sse: None,
             sum_y: None,
             sum_y2: None,
         }
+    }
+
+    /// Also measure [`Metrics::cosine_std`] with per-dimension `mean` and `std` (`[d_tgt]`; dimensions
+    /// whose `std` is 0 or not finite are left unscaled).
+    pub fn with_standardization(mut self, mean: &Tensor, std: &Tensor) -> Result<Self> {
+        let want = [self.d];
+        if mean.size() != want || std.size() != want {
+            return Err(MappingError::Shape(format!(
+                "standardisation: mean {:?} and std {:?} for a target of width {}",
+                mean.size(),
+                std.size(),
+                self.d
+            )));
+        }
+        let mean = mean.f_to_kind(Kind::Double)?;
+        let std = std.f_to_kind(Kind::Double)?;
+        let ok = std.f_gt(0.0)?.f_logical_and(&std.f_isfinite()?)?;
+        let inv = std.f_reciprocal()?.f_where_self(&ok, &std.f_ones_like()?)?;
+        self.standardize = Some((mean, inv));
+        Ok(self)
     }
 
     /// Add a batch: `pred` and `y` `[n, d_tgt]` (any float dtype; `y` is moved to `pred`'s device).
@@ -79,6 +113,13 @@ impl MetricsAccumulator {
             .f_sum_dim_intlist([0i64].as_slice(), false, None)?;
         let cos = Tensor::f_cosine_similarity(&p, &t, 1, 1e-12)?.f_sum(None)?;
         self.cos_sum += cos.f_double_value(&[])?;
+        if let Some((mean, inv)) = &self.standardize {
+            let (mean, inv) = (mean.f_to_device(p.device())?, inv.f_to_device(p.device())?);
+            let zp = p.f_sub(&mean)?.f_mul(&inv)?;
+            let zt = t.f_sub(&mean)?.f_mul(&inv)?;
+            let c = Tensor::f_cosine_similarity(&zp, &zt, 1, 1e-12)?.f_sum(None)?;
+            self.cos_std_sum += c.f_double_value(&[])?;
+        }
         self.rows += ps[0] as u64;
         let acc = |slot: &mut Option<Tensor>, v: Tensor| -> Result<()> {
             match slot {
@@ -141,6 +182,7 @@ impl MetricsAccumulator {
             } else {
                 f64::NAN
             },
+            cosine_std: self.standardize.as_ref().map(|_| self.cos_std_sum / n),
         })
     }
 }

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rosetta_activation_store::{DocSplit, Split, StoreReader};
+use rosetta_activation_store::{DocSplit, RunningStats, Split, StoreReader};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -94,9 +94,14 @@ impl Schedule {
 /// Training configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// Epochs (default 3, the paper's).
+    /// Epochs, when [`TrainConfig::steps`] is `None` (the paper's 3 in [`TrainConfig::paper`]).
     pub epochs: usize,
-    /// Rows per micro-batch (default 1024).
+    /// Optimiser-step budget: when set, the run lasts `ceil(steps / steps_per_epoch)` epochs whatever
+    /// `epochs` says, so a store of 1,500 rows trains as many steps as one of 150,000 (rounded up to whole
+    /// epochs; early stopping may end it sooner). Default [`DEFAULT_STEPS`].
+    #[serde(default)]
+    pub steps: Option<u64>,
+    /// Rows per micro-batch (default 256).
     pub batch_size: usize,
     /// Micro-batches per optimiser step (default 1).
     pub grad_accum: usize,
@@ -110,7 +115,7 @@ pub struct TrainConfig {
     pub split_seed: u64,
     /// Seed of the data order (epoch `e` shuffles with `seed + e`).
     pub seed: u64,
-    /// Stop after this many epochs without validation improvement and keep the best weights.
+    /// Stop after this many epochs without validation improvement and keep the best weights (default 20).
     pub early_stopping_patience: Option<usize>,
     /// Weight of a `1 - cos(ŷ, y)` term added to the MSE loss (default 0: plain MSE, the paper's).
     pub cosine_weight: f64,
@@ -121,18 +126,28 @@ pub struct TrainConfig {
     pub buffer_bytes: u64,
 }
 
+/// The optimiser-step budget of [`TrainConfig::default`].
+pub const DEFAULT_STEPS: u64 = 1500;
+
 impl Default for TrainConfig {
+    /// The measured recipe (docs/MAPPING.md): [`DEFAULT_STEPS`] optimiser steps of 256 rows at a constant
+    /// lr 1e-3 on raw activations, validated every epoch, stopped early after 20 epochs without
+    /// improvement (best weights kept).
     fn default() -> Self {
         Self {
             epochs: 3,
-            batch_size: 1024,
+            steps: Some(DEFAULT_STEPS),
+            batch_size: 256,
             grad_accum: 1,
-            optimizer: AdamWConfig::default(),
+            optimizer: AdamWConfig {
+                lr: 1e-3,
+                ..AdamWConfig::default()
+            },
             schedule: Schedule::Constant,
             validation_fraction: 0.1,
             split_seed: 0,
             seed: 0,
-            early_stopping_patience: None,
+            early_stopping_patience: Some(20),
             cosine_weight: 0.0,
             standardize: false,
             buffer_bytes: rosetta_activation_store::BatchOptions::default().buffer_bytes,
@@ -141,11 +156,34 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The paper's settings: 3 epochs at a constant lr 1e-4 (AdamW), batches of 1024 rows (the paper's 16
+    /// sequences x 4 accumulation steps, for sequences of ~16 tokens), no early stopping, raw activations.
+    /// On a small store this is a handful of optimiser steps: [`quality_warnings`] flags it.
+    pub fn paper() -> Self {
+        Self {
+            epochs: 3,
+            steps: None,
+            batch_size: 1024,
+            optimizer: AdamWConfig::default(),
+            early_stopping_patience: None,
+            ..Self::default()
+        }
+    }
+
+    /// Epochs the run lasts with `steps_per_epoch` optimiser steps per epoch: enough for
+    /// [`TrainConfig::steps`] when set, else [`TrainConfig::epochs`].
+    pub fn epochs_for(&self, steps_per_epoch: u64) -> usize {
+        match self.steps {
+            Some(s) => s.div_ceil(steps_per_epoch.max(1)).max(1) as usize,
+            None => self.epochs,
+        }
+    }
+
     /// Check ranges; the error names the field.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(MappingError::Config(m));
-        if self.epochs == 0 {
-            return bad("epochs must be >= 1".into());
+        if self.epochs == 0 || self.steps == Some(0) {
+            return bad("epochs and steps must be >= 1".into());
         }
         if self.batch_size == 0 || self.grad_accum == 0 || self.buffer_bytes == 0 {
             return bad("batch_size, grad_accum and buffer_bytes must be >= 1".into());
@@ -181,13 +219,6 @@ impl TrainConfig {
             return bad("cosine_weight must be >= 0".into());
         }
         Ok(())
-    }
-
-    fn split(&self) -> DocSplit {
-        DocSplit {
-            validation_fraction: self.validation_fraction,
-            seed: self.split_seed,
-        }
     }
 }
 
@@ -380,6 +411,38 @@ pub struct TrainOutcome {
     pub stop: StopReason,
     /// Validation metrics of the returned map.
     pub validation: Option<Metrics>,
+    /// Optimiser steps taken in all (resumed ones included).
+    pub steps: u64,
+    /// What a user should know before trusting the map ([`quality_warnings`]); empty when nothing is off.
+    pub warnings: Vec<String>,
+}
+
+/// Fewer optimiser steps than this leave a map under-trained on any store ([`quality_warnings`]).
+pub const MIN_TRUSTED_STEPS: u64 = 200;
+
+/// Warnings about a map a user should not trust as it is: trained for fewer than [`MIN_TRUSTED_STEPS`]
+/// optimiser steps (`steps`; `None` for closed-form fits), or validated worse than the mean predictor
+/// (FVU >= 1: predicting the target's mean everywhere does as well, so the map carries no direction).
+pub fn quality_warnings(steps: Option<u64>, validation: Option<&Metrics>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(n) = steps {
+        if n < MIN_TRUSTED_STEPS {
+            out.push(format!(
+                "only {n} optimiser steps (fewer than {MIN_TRUSTED_STEPS}): the map is likely under-trained; \
+                 give it a step budget (`steps`), more epochs or smaller batches"
+            ));
+        }
+    }
+    if let Some(m) = validation {
+        if !(m.fvu < 1.0) {
+            out.push(format!(
+                "validation FVU {:.3} >= 1: the map predicts the target worse than its mean does and will \
+                 not carry directions; train longer or with a higher learning rate, or fit a ridge map",
+                m.fvu
+            ));
+        }
+    }
+    out
 }
 
 /// Checkpoint sidecar (`checkpoint.json`).
@@ -415,11 +478,16 @@ pub struct Trainer<'a> {
     reader: &'a StoreReader,
     config: TrainConfig,
     device: Device,
+    split: DocSplit,
+    /// The target's statistics on the training split (for [`Metrics::cosine_std`]), read once.
+    target_stats: std::cell::OnceCell<RunningStats>,
     checkpoint_dir: Option<PathBuf>,
 }
 
 impl<'a> Trainer<'a> {
     /// A trainer over a paired store (`x` -> `y`). Batches are moved to `device` (the map's device).
+    /// The document split is resolved here ([`StoreReader::doc_split`]): a store of one document with a
+    /// validation fraction above 0 is refused before any work.
     pub fn new(reader: &'a StoreReader, config: TrainConfig, device: Device) -> Result<Self> {
         config.validate()?;
         if reader.manifest().spec.target.is_none() {
@@ -428,10 +496,13 @@ impl<'a> Trainer<'a> {
                 reader.dir().display()
             )));
         }
+        let split = reader.doc_split(config.validation_fraction, config.split_seed)?;
         Ok(Self {
             reader,
             config,
             device,
+            split,
+            target_stats: std::cell::OnceCell::new(),
             checkpoint_dir: None,
         })
     }
@@ -448,6 +519,12 @@ impl<'a> Trainer<'a> {
         &self.config
     }
 
+    /// The document split of the store ([`TrainConfig::validation_fraction`] and
+    /// [`TrainConfig::split_seed`], with at least one document on each side).
+    pub fn split(&self) -> DocSplit {
+        self.split
+    }
+
     fn fingerprint(&self) -> String {
         let m = self.reader.manifest();
         let shas: Vec<&str> = m.shards.iter().map(|s| s.sha256.as_str()).collect();
@@ -462,7 +539,7 @@ impl<'a> Trainer<'a> {
 
     /// Rows of the training and validation parts (reads only the document-id column of each shard).
     pub fn split_rows(&self) -> Result<(u64, u64)> {
-        let split = self.config.split();
+        let split = self.split;
         let (mut train, mut val) = (0u64, 0u64);
         for i in 0..self.reader.manifest().shards.len() {
             for d in self.reader.shard_doc_ids(i)? {
@@ -478,21 +555,32 @@ impl<'a> Trainer<'a> {
 
     /// Standardisation from the training split's statistics (what [`TrainConfig::standardize`] uses).
     pub fn standardization(&self) -> Result<Standardization> {
-        let (sx, sy) = self.reader.stats(Split::Train(self.config.split()))?;
+        let (sx, sy) = self.reader.stats(Split::Train(self.split))?;
         let sy = sy.ok_or_else(|| MappingError::Config("store has no target side".into()))?;
         Standardization::from_stats(&sx, &sy)
     }
 
-    /// Validation metrics of `map` (raw space) on the validation split.
+    /// Validation metrics of `map` (raw space) on the validation split, with [`Metrics::cosine_std`]
+    /// standardised by the training split's target statistics (read from the store once).
     pub fn evaluate(&self, map: &dyn Mapping) -> Result<Option<Metrics>> {
         if self.config.validation_fraction == 0.0 {
             return Ok(None);
         }
+        let stats = match self.target_stats.get() {
+            Some(st) => st,
+            None => {
+                let (_, sy) = self.reader.stats(Split::Train(self.split))?;
+                let sy =
+                    sy.ok_or_else(|| MappingError::Config("store has no target side".into()))?;
+                self.target_stats.get_or_init(|| sy)
+            }
+        };
         evaluate(
             self.reader,
             map,
-            Split::Validation(self.config.split()),
+            Split::Validation(self.split),
             self.config.batch_size.max(4096),
+            Some(stats),
         )
         .map(Some)
     }
@@ -547,7 +635,8 @@ impl<'a> Trainer<'a> {
         }
         let batches_per_epoch = train_rows.div_ceil(cfg.batch_size as u64);
         let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accum as u64);
-        let total_steps = steps_per_epoch * cfg.epochs as u64;
+        let epochs = cfg.epochs_for(steps_per_epoch);
+        let total_steps = steps_per_epoch * epochs as u64;
 
         let params = map.parameters();
         let mut opt = AdamW::new(cfg.optimizer, &params)?;
@@ -579,19 +668,19 @@ impl<'a> Trainer<'a> {
 
         observe(&TrainEvent::Start {
             start_epoch: state.epochs_done,
-            epochs: cfg.epochs,
+            epochs,
             batches_per_epoch,
             train_rows,
             validation_rows: val_rows,
         });
 
         let mut stop = StopReason::Completed;
-        let train_split = Split::Train(cfg.split());
+        let train_split = Split::Train(self.split);
         let options = rosetta_activation_store::BatchOptions {
             buffer_bytes: cfg.buffer_bytes,
             drop_last: false,
         };
-        'epochs: for epoch in state.epochs_done..cfg.epochs {
+        'epochs: for epoch in state.epochs_done..epochs {
             if let Some(p) = cfg.early_stopping_patience {
                 if let (Some(b), true) = (state.best_epoch, epoch > 0) {
                     if epoch - 1 - b >= p {
@@ -734,9 +823,9 @@ impl<'a> Trainer<'a> {
         }
         if stop == StopReason::Completed {
             if let (Some(p), Some(b)) = (cfg.early_stopping_patience, state.best_epoch) {
-                if state.epochs_done < cfg.epochs || state.epochs_done - 1 - b >= p {
+                if state.epochs_done < epochs || state.epochs_done - 1 - b >= p {
                     // The loop ended by the patience check at its top only when epochs remained.
-                    if state.epochs_done < cfg.epochs {
+                    if state.epochs_done < epochs {
                         stop = StopReason::EarlyStopped;
                     }
                 }
@@ -754,11 +843,19 @@ impl<'a> Trainer<'a> {
         } else {
             self.evaluate(&final_map)?
         };
+        let steps = opt.steps();
+        let warnings = if stop == StopReason::Interrupted {
+            Vec::new()
+        } else {
+            quality_warnings(Some(steps), validation.as_ref())
+        };
         Ok(TrainOutcome {
             map: final_map,
             history: state.history,
             stop,
             validation,
+            steps,
+            warnings,
         })
     }
 
@@ -967,15 +1064,22 @@ pub fn cosine_lr(peak: f64, step: u64, warmup: u64, total: u64, min_ratio: f64) 
     min + (peak - min) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
 }
 
-/// Metrics of `map` over the rows of `split`, in store order, `batch_size` rows at a time.
+/// Metrics of `map` over the rows of `split`, in store order, `batch_size` rows at a time; with `y_stats`
+/// (the target's statistics, usually of the training split) also [`Metrics::cosine_std`].
 pub fn evaluate(
     reader: &StoreReader,
     map: &dyn Mapping,
     split: Split,
     batch_size: usize,
+    y_stats: Option<&RunningStats>,
 ) -> Result<Metrics> {
     let _g = tch::no_grad_guard();
     let mut acc = MetricsAccumulator::new(map.d_tgt());
+    if let Some(st) = y_stats {
+        let mean = Tensor::from_slice(st.mean());
+        let std = Tensor::from_slice(&st.std());
+        acc = acc.with_standardization(&mean, &std)?;
+    }
     for batch in reader.batches(batch_size, None, split)? {
         let batch = batch?;
         let y = batch

@@ -221,6 +221,37 @@ fn metrics_match_direct_formulas() {
     );
     assert!(MetricsAccumulator::new(4).finish().is_err());
     assert!(metrics(&y.narrow(1, 0, 3), &y).is_err());
+    assert_eq!(m.cosine_std, None, "no statistics given");
+
+    // Standardised cosine: by hand with a given mean and std (one dim with std 0 is left unscaled).
+    let mu = [0.5, -1.0, 2.0, 0.0];
+    let sd = [2.0, 0.5, 10.0, 0.0];
+    let mut acc = MetricsAccumulator::new(4)
+        .with_standardization(&Tensor::from_slice(&mu), &Tensor::from_slice(&sd))
+        .unwrap();
+    for i in 0..5 {
+        acc.update(&pred.narrow(0, i * 10, 10), &y.narrow(0, i * 10, 10))
+            .unwrap();
+    }
+    let s = acc.finish().unwrap();
+    let mut cos_std = 0.0;
+    for (yr, pr) in yv.iter().zip(&pv) {
+        let z = |v: &[f64]| -> Vec<f64> {
+            (0..4)
+                .map(|j| (v[j] - mu[j]) / if sd[j] > 0.0 { sd[j] } else { 1.0 })
+                .collect()
+        };
+        let (a, b) = (z(pr), z(yr));
+        let dot: f64 = a.iter().zip(&b).map(|(p, q)| p * q).sum();
+        let na: f64 = a.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|v| v * v).sum::<f64>().sqrt();
+        cos_std += dot / (na * nb) / 50.0;
+    }
+    approx::assert_relative_eq!(s.cosine_std.unwrap(), cos_std, max_relative = 1e-9);
+    approx::assert_relative_eq!(s.fvu, m.fvu, max_relative = 1e-9);
+    assert!(MetricsAccumulator::new(4)
+        .with_standardization(&Tensor::from_slice(&mu[..3]), &Tensor::from_slice(&sd))
+        .is_err());
 }
 
 #[test]

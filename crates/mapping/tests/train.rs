@@ -35,7 +35,7 @@ fn config(epochs: usize, lr: f64, batch: usize) -> TrainConfig {
             weight_decay: 0.0,
             ..AdamWConfig::default()
         },
-        ..TrainConfig::default()
+        ..TrainConfig::paper()
     }
 }
 
@@ -435,4 +435,192 @@ fn save_load_round_trip_is_bit_exact_and_checks_the_pair() {
     for d in [dir, d2] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// A store of 8 documents: a 10% hash split is often empty; the trainer's split always validates on at
+/// least one document, a closed-form fit then has metrics, and a 1-document store is refused up front.
+#[test]
+fn tiny_stores_get_a_validation_document_or_a_clear_error() {
+    let _serial = serial();
+    let dir = tmp("tiny");
+    let reader = write_store(&dir, 6, 3, 8, 5, 11, 1 << 14, |x: &Tensor| {
+        x.narrow(1, 0, 3) * 2.0
+    });
+    assert_eq!(reader.doc_ids().unwrap(), (0..8).collect::<Vec<i64>>());
+    let mut moved = 0;
+    for seed in 0..16u64 {
+        let hash_only =
+            DocSplitProbe::count(&reader, rosetta_activation_store::DocSplit::new(0.1, seed));
+        let split = reader.doc_split(0.1, seed).unwrap();
+        let n = DocSplitProbe::count(&reader, split);
+        assert!(
+            (1..8).contains(&n),
+            "seed {seed}: {n} of 8 documents in validation"
+        );
+        if hash_only == 0 {
+            assert_eq!(n, 1, "seed {seed}: exactly one document moved");
+            assert!(split.moved.is_some());
+            moved += 1;
+        } else {
+            assert_eq!(
+                (n, split.moved),
+                (hash_only, None),
+                "seed {seed}: a non-empty split is untouched"
+            );
+        }
+    }
+    assert!(
+        moved > 0,
+        "some seed leaves the 10% hash split of 8 documents empty"
+    );
+    // Nearly everything in validation: one document stays for training.
+    let split = reader.doc_split(0.99, 3).unwrap();
+    assert_eq!(DocSplitProbe::count(&reader, split), 7);
+
+    // The closed-form path of `train_mapping`: fit on the training part, then validate.
+    let cfg = TrainConfig {
+        validation_fraction: 0.1,
+        ..TrainConfig::default()
+    };
+    let trainer = Trainer::new(&reader, cfg, CPU).unwrap();
+    let mut m = CrossMoments::new(6, 3, Precision::F64, CPU).unwrap();
+    for b in reader
+        .batches(
+            64,
+            None,
+            rosetta_activation_store::Split::Train(trainer.split()),
+        )
+        .unwrap()
+    {
+        let b = b.unwrap();
+        m.update(&b.x, &b.y.unwrap()).unwrap();
+    }
+    let ridge: AnyMap = fit_ridge(&m, &RidgeOptions::default(), CPU).unwrap().into();
+    let v = trainer
+        .evaluate(&ridge)
+        .unwrap()
+        .expect("a validation split");
+    assert!(v.rows >= 5 && v.fvu < 1e-3, "{v:?}");
+    // Without a validation split there is nothing to evaluate, and that is not an error.
+    let none = Trainer::new(
+        &reader,
+        TrainConfig {
+            validation_fraction: 0.0,
+            early_stopping_patience: None,
+            ..TrainConfig::default()
+        },
+        CPU,
+    )
+    .unwrap();
+    assert!(none.evaluate(&ridge).unwrap().is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let one = tmp("one-doc");
+    let reader = write_store(&one, 6, 3, 1, 40, 12, 1 << 14, |x: &Tensor| {
+        x.narrow(1, 0, 3)
+    });
+    let err = Trainer::new(&reader, TrainConfig::default(), CPU)
+        .err()
+        .expect("one document cannot be split")
+        .to_string();
+    assert!(
+        err.contains("1 document(s)") && err.contains("at least two"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&one);
+}
+
+/// Counts validation documents of a split.
+struct DocSplitProbe;
+impl DocSplitProbe {
+    fn count(reader: &StoreReader, split: rosetta_activation_store::DocSplit) -> usize {
+        reader
+            .doc_ids()
+            .unwrap()
+            .into_iter()
+            .filter(|&d| split.is_validation(d))
+            .count()
+    }
+}
+
+/// The step budget sets the epoch count from the store's size; the paper's settings on a small store and a
+/// map worse than the mean predictor are flagged.
+#[test]
+fn step_budget_and_quality_warnings() {
+    let _serial = serial();
+    let cfg = TrainConfig {
+        steps: Some(1000),
+        ..TrainConfig::default()
+    };
+    assert_eq!(cfg.epochs_for(7), 143);
+    assert_eq!(cfg.epochs_for(5000), 1);
+    assert_eq!(TrainConfig::paper().epochs_for(7), 3);
+    assert!(TrainConfig {
+        steps: Some(0),
+        ..TrainConfig::default()
+    }
+    .validate()
+    .is_err());
+
+    let dir = tmp("budget");
+    // 12 documents of 40 rows: ~430 training rows, 2 steps per epoch at 256 rows.
+    let reader = write_store(&dir, 8, 4, 12, 40, 13, 1 << 16, linear_teacher(8, 4, 0.0));
+    let budget = TrainConfig {
+        steps: Some(60),
+        early_stopping_patience: None,
+        ..TrainConfig::default()
+    };
+    let out = train(&reader, Affine::new(8, 4, CPU).unwrap().into(), budget);
+    assert!(out.steps >= 60 && out.steps < 64, "{} steps", out.steps);
+    assert!(
+        out.warnings.iter().any(|w| w.contains("optimiser steps")),
+        "{:?}",
+        out.warnings
+    );
+
+    let paper = train(
+        &reader,
+        Affine::new(8, 4, CPU).unwrap().into(),
+        TrainConfig::paper(),
+    );
+    assert_eq!(paper.steps, 3, "one 1024-row batch per epoch, 3 epochs");
+    assert!(
+        paper
+            .warnings
+            .iter()
+            .any(|w| w.contains("3 optimiser steps")),
+        "{:?}",
+        paper.warnings
+    );
+
+    let good = train(
+        &reader,
+        Affine::new(8, 4, CPU).unwrap().into(),
+        TrainConfig::default(),
+    );
+    assert!(good.steps >= MIN_TRUSTED_STEPS);
+    assert!(good.warnings.is_empty(), "{:?}", good.warnings);
+    let v = good.validation.unwrap();
+    assert!(
+        v.fvu < 0.05 && v.cosine_std.unwrap() > 0.98,
+        "{v:?} after {} steps, {:?}",
+        good.steps,
+        good.stop
+    );
+
+    let bad = Metrics {
+        rows: 10,
+        mse: 1.0,
+        cosine: 0.1,
+        fvu: 1.08,
+        r2: -0.3,
+        cosine_std: Some(0.0),
+    };
+    let w = quality_warnings(None, Some(&bad));
+    assert!(
+        w.len() == 1 && w[0].contains("worse than its mean"),
+        "{w:?}"
+    );
+    assert!(quality_warnings(Some(500), Some(&v)).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
 }

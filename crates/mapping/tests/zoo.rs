@@ -117,7 +117,7 @@ fn qwen_half_to_one_and_a_half_billion() {
         },
         validation_fraction: 0.2,
         standardize: true,
-        ..TrainConfig::default()
+        ..TrainConfig::paper()
     };
     let trainer = Trainer::new(&reader, cfg, cpu).unwrap();
     tch::manual_seed(0);
@@ -130,12 +130,7 @@ fn qwen_half_to_one_and_a_half_billion() {
     assert!(v.fvu < 0.4, "autoencoder FVU {} (mean predictor: 1)", v.fvu);
 
     // The mean predictor scores FVU 1 on the same rows (a check of the metric on real data).
-    let (_, sy) = reader
-        .stats(Split::Train(DocSplit {
-            validation_fraction: 0.2,
-            seed: 0,
-        }))
-        .unwrap();
+    let (_, sy) = reader.stats(Split::Train(DocSplit::new(0.2, 0))).unwrap();
     let mean_y = tch::Tensor::from_slice(sy.unwrap().mean());
     let mean_map = Affine::from_parts(
         MapKind::Affine,
@@ -150,14 +145,7 @@ fn qwen_half_to_one_and_a_half_billion() {
     // Ridge in one pass over the training split.
     let mut m = CrossMoments::new(896, 1536, Precision::F32, cpu).unwrap();
     for b in reader
-        .batches(
-            2048,
-            None,
-            Split::Train(DocSplit {
-                validation_fraction: 0.2,
-                seed: 0,
-            }),
-        )
+        .batches(2048, None, Split::Train(DocSplit::new(0.2, 0)))
         .unwrap()
     {
         let b = b.unwrap();
@@ -177,10 +165,7 @@ fn qwen_half_to_one_and_a_half_billion() {
     assert!(rv.fvu < 0.5, "ridge FVU {}", rv.fvu);
 
     // KL through the target on held-out documents.
-    let val = Split::Validation(DocSplit {
-        validation_fraction: 0.2,
-        seed: 0,
-    });
+    let val = Split::Validation(DocSplit::new(0.2, 0));
     let opts = KlOptions {
         docs_per_batch: 4,
         max_docs: Some(8),
@@ -203,10 +188,7 @@ fn qwen_half_to_one_and_a_half_billion() {
     assert_eq!(kl.mapped_values.len(), kl.tokens);
 
     // KL fine-tuning lowers the KL it trains on (two passes over four training documents).
-    let train = Split::Train(DocSplit {
-        validation_fraction: 0.2,
-        seed: 0,
-    });
+    let train = Split::Train(DocSplit::new(0.2, 0));
     let config = KlTrainConfig {
         epochs: 2,
         optimizer: AdamWConfig {
