@@ -3,10 +3,13 @@
 //!
 //! ```text
 //! cargo run --release --example train_mapping -- --store store/ --kind autoencoder|affine|ridge|procrustes \
-//!     --out map/ [--epochs 3 --lr 1e-4 --batch-size 1024 --grad-accum 1 --weight-decay 0.01] \
-//!     [--schedule constant|cosine|plateau] [--early-stopping N] [--standardize] [--cosine-weight W] \
-//!     [--hidden H] [--alpha A] [--kl-target MODEL_DIR --kl-docs 16]
+//!     --out map/ [--steps 5000 | --epochs N] [--paper] [--lr 1e-3 --batch-size 256 --grad-accum 1] \
+//!     [--weight-decay 0.01] [--schedule constant|cosine|plateau] [--early-stopping 20] [--standardize] \
+//!     [--cosine-weight W] [--hidden H] [--alpha A] [--kl-target MODEL_DIR --kl-docs 16]
 //! ```
+//! The defaults are Rosetta's measured recipe (docs/MAPPING.md: a step budget, early stopping on
+//! validation, raw activations); `--paper` starts from the paper's settings instead. A run of fewer than
+//! 200 optimiser steps, or a map worse than the mean predictor, ends with a warning.
 //! Trained kinds checkpoint into `OUT/checkpoints/` after every epoch; re-running the same command after an
 //! interruption resumes there. `--kl-target` also measures KL fidelity through the target model on held-out
 //! documents (the store must hold every target token: identical tokenizers, `--filter all`).

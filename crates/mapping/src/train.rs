@@ -127,7 +127,7 @@ pub struct TrainConfig {
 }
 
 /// The optimiser-step budget of [`TrainConfig::default`].
-pub const DEFAULT_STEPS: u64 = 1500;
+pub const DEFAULT_STEPS: u64 = 5000;
 
 impl Default for TrainConfig {
     /// The measured recipe (docs/MAPPING.md): [`DEFAULT_STEPS`] optimiser steps of 256 rows at a constant
@@ -434,7 +434,7 @@ pub fn quality_warnings(steps: Option<u64>, validation: Option<&Metrics>) -> Vec
         }
     }
     if let Some(m) = validation {
-        if !(m.fvu < 1.0) {
+        if m.fvu >= 1.0 || m.fvu.is_nan() {
             out.push(format!(
                 "validation FVU {:.3} >= 1: the map predicts the target worse than its mean does and will \
                  not carry directions; train longer or with a higher learning rate, or fit a ridge map",

@@ -5,10 +5,15 @@
 //! target (add, ablate, patch, replace-with-mapped, the safety switch), layer sweeps, and vector file formats
 //! (safetensors + JSON, llama.cpp / repeng GGUF control vectors).
 //!
-//! Not yet implemented: see the project's steering issue.
+//! Implemented so far: [`gguf`], llama.cpp / repeng control-vector files ([`ControlVector`]). The rest is
+//! the project's steering issue.
 
 #![warn(missing_docs)]
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
+
+pub mod gguf;
+
+pub use gguf::{ControlVector, GgufError};

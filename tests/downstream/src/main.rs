@@ -17,7 +17,12 @@ fn main() -> Result<()> {
         .with_context(|| format!("loading {}", dir.display()))?;
     let tok = Tokenizer::from_dir(&dir)?;
     let ids = tok.encode("The capital of France is", true)?.ids;
-    let batch = Batch::from_sequences(&[ids.clone()], tok.pad_token_id(), PaddingSide::Left, model.device())?;
+    let batch = Batch::from_sequences(
+        &[ids.clone()],
+        tok.pad_token_id(),
+        PaddingSide::Left,
+        model.device(),
+    )?;
 
     let layer = model.num_layers() / 2;
     let point = HookPoint::ResidPost(layer);
@@ -26,7 +31,11 @@ fn main() -> Result<()> {
     let out = model.forward(&batch, &hooks)?;
     let act = out.captured(point).context("no capture at resid_post")?;
     let want = [1, ids.len() as i64, model.d_model()];
-    ensure!(act.size() == want, "captured {:?}, expected {want:?}", act.size());
+    ensure!(
+        act.size() == want,
+        "captured {:?}, expected {want:?}",
+        act.size()
+    );
     let norm = act.norm().double_value(&[]);
     ensure!(norm.is_finite() && norm > 0.0, "activation norm {norm}");
 
@@ -40,6 +49,9 @@ fn main() -> Result<()> {
         model.d_model(),
         act.size()
     );
-    ensure!(word.trim() == "Paris", "next token after 'The capital of France is' was {word:?}, not Paris");
+    ensure!(
+        word.trim() == "Paris",
+        "next token after 'The capital of France is' was {word:?}, not Paris"
+    );
     Ok(())
 }
