@@ -557,7 +557,10 @@ impl<'a> Trainer<'a> {
     pub fn standardization(&self) -> Result<Standardization> {
         let (sx, sy) = self.reader.stats(Split::Train(self.split))?;
         let sy = sy.ok_or_else(|| MappingError::Config("store has no target side".into()))?;
-        Standardization::from_stats(&sx, &sy)
+        let std = Standardization::from_stats(&sx, &sy)?;
+        // The same pass gives the target statistics validation standardises its cosine with.
+        let _ = self.target_stats.set(sy);
+        Ok(std)
     }
 
     /// Validation metrics of `map` (raw space) on the validation split, with [`Metrics::cosine_std`]

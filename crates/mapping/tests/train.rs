@@ -450,9 +450,9 @@ fn tiny_stores_get_a_validation_document_or_a_clear_error() {
     let mut moved = 0;
     for seed in 0..16u64 {
         let hash_only =
-            DocSplitProbe::count(&reader, rosetta_activation_store::DocSplit::new(0.1, seed));
+            validation_docs(&reader, rosetta_activation_store::DocSplit::new(0.1, seed));
         let split = reader.doc_split(0.1, seed).unwrap();
-        let n = DocSplitProbe::count(&reader, split);
+        let n = validation_docs(&reader, split);
         assert!(
             (1..8).contains(&n),
             "seed {seed}: {n} of 8 documents in validation"
@@ -475,7 +475,7 @@ fn tiny_stores_get_a_validation_document_or_a_clear_error() {
     );
     // Nearly everything in validation: one document stays for training.
     let split = reader.doc_split(0.99, 3).unwrap();
-    assert_eq!(DocSplitProbe::count(&reader, split), 7);
+    assert_eq!(validation_docs(&reader, split), 7);
 
     // The closed-form path of `train_mapping`: fit on the training part, then validate.
     let cfg = TrainConfig {
@@ -530,17 +530,14 @@ fn tiny_stores_get_a_validation_document_or_a_clear_error() {
     let _ = std::fs::remove_dir_all(&one);
 }
 
-/// Counts validation documents of a split.
-struct DocSplitProbe;
-impl DocSplitProbe {
-    fn count(reader: &StoreReader, split: rosetta_activation_store::DocSplit) -> usize {
-        reader
-            .doc_ids()
-            .unwrap()
-            .into_iter()
-            .filter(|&d| split.is_validation(d))
-            .count()
-    }
+/// Validation documents of a split.
+fn validation_docs(reader: &StoreReader, split: rosetta_activation_store::DocSplit) -> usize {
+    reader
+        .doc_ids()
+        .unwrap()
+        .into_iter()
+        .filter(|&d| split.is_validation(d))
+        .count()
 }
 
 /// The step budget sets the epoch count from the store's size; the paper's settings on a small store and a
