@@ -590,6 +590,38 @@ impl Model {
         self.run(&step, hooks, None)
     }
 
+    /// Run the whole model over a left-padded (or unpadded) batch and return, as `last`, the logits of each
+    /// row's last token only, `[B, 1, vocab]` (no `[B, T, vocab]` tensor is built); hooks apply and captures
+    /// are returned as in [`Model::forward`]. The next-token distribution a refusal score or a KL needs.
+    pub fn forward_last(&self, batch: &Batch, hooks: &Hooks) -> Result<ForwardOutput> {
+        let _guard = tch::no_grad_guard();
+        self.check_batch(batch)?;
+        if batch.padding == crate::PaddingSide::Right
+            && batch.lengths.iter().any(|&l| l as i64 != batch.seq_len())
+        {
+            return Err(HookError::invalid(
+                "forward_last needs a left-padded batch (the last column must be every row's last token)",
+            ));
+        }
+        let prompt_lengths = Tensor::from_slice(
+            &batch
+                .prompt_lengths
+                .iter()
+                .map(|&l| l as i64)
+                .collect::<Vec<_>>(),
+        )
+        .f_to_device(batch.input_ids.device())?;
+        let step = StepInput {
+            input_ids: &batch.input_ids,
+            position_ids: &batch.position_ids,
+            valid: &batch.valid,
+            prompt_lengths: &prompt_lengths,
+            decode_step: None,
+            last_logits_only: true,
+        };
+        self.run(&step, hooks, None)
+    }
+
     /// Full-model logits `[B, T, vocab]`.
     pub fn logits(&self, batch: &Batch) -> Result<Tensor> {
         Ok(self.forward(batch, &Hooks::new())?.last)
