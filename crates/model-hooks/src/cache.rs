@@ -8,6 +8,13 @@
 use crate::error::{HookError, Result};
 use tch::{Device, Kind, Tensor};
 
+/// A copy of `t` in new storage.
+pub(crate) fn deep_copy(t: &Tensor) -> Result<Tensor> {
+    let mut out = t.f_empty_like()?;
+    out.f_copy_(t)?;
+    Ok(out)
+}
+
 /// Keys and values of every layer for a batch being decoded.
 #[derive(Debug)]
 pub struct KvCache {
@@ -43,6 +50,18 @@ impl KvCache {
             key_valid: Tensor::f_zeros([batch, capacity], (Kind::Bool, device))?,
             len: 0,
             capacity,
+        })
+    }
+
+    /// A deep copy (new buffers with the same contents).
+    pub fn try_clone(&self) -> Result<Self> {
+        let copy = |ts: &[Tensor]| -> Result<Vec<Tensor>> { ts.iter().map(deep_copy).collect() };
+        Ok(Self {
+            keys: copy(&self.keys)?,
+            values: copy(&self.values)?,
+            key_valid: deep_copy(&self.key_valid)?,
+            len: self.len,
+            capacity: self.capacity,
         })
     }
 

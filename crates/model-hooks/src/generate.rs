@@ -3,6 +3,7 @@
 //! [`Positions::Generated`](crate::Positions::Generated) selects exactly the new tokens under the cache.
 
 use crate::batch::{Batch, PaddingSide};
+use crate::cache::{deep_copy, KvCache};
 use crate::error::{HookError, Result};
 use crate::hooks::{HookPoint, Hooks};
 use crate::model::{Model, StepInput};
@@ -126,6 +127,29 @@ fn validate(opts: &GenerateOptions) -> Result<()> {
     Ok(())
 }
 
+/// Token choice outside [`Model::generate`] (e.g. a hand-written [`Decoder`] loop): the same greedy or
+/// seeded sampling rule, with its own random state.
+#[derive(Debug)]
+pub struct TokenChooser {
+    sampling: Sampling,
+    rng: rand::rngs::StdRng,
+}
+
+impl TokenChooser {
+    /// A chooser with `opts`' sampling mode and seed (checked as `generate` checks them).
+    pub fn new(opts: &GenerateOptions) -> Result<Self> {
+        validate(opts)?;
+        Ok(Self {
+            sampling: opts.sampling,
+            rng: rand::rngs::StdRng::seed_from_u64(opts.seed),
+        })
+    }
+    /// One token per row from `[B, vocab]` logits.
+    pub fn choose(&mut self, logits: &Tensor) -> Result<Vec<i64>> {
+        choose(logits, self.sampling, &mut self.rng)
+    }
+}
+
 /// Choose one token per row from `[B, vocab]` logits.
 fn choose(logits: &Tensor, sampling: Sampling, rng: &mut rand::rngs::StdRng) -> Result<Vec<i64>> {
     match sampling {
@@ -185,28 +209,42 @@ fn choose(logits: &Tensor, sampling: Sampling, rng: &mut rand::rngs::StdRng) -> 
     }
 }
 
+/// Incremental decoding of a left-padded batch with a KV cache: [`Model::prefill`] runs the prompts, then
+/// each [`Decoder::step`] feeds one token per row. Hooks may differ from step to step, which is what running
+/// two models side by side needs (each new token goes through both, the second reading what the first
+/// computed). [`Model::generate`] is this loop with token choice and stop tokens.
+#[derive(Debug)]
+pub struct Decoder<'m> {
+    model: &'m Model,
+    cache: KvCache,
+    prompt_lengths: Tensor,
+    /// Next absolute position of each row.
+    positions: Vec<i64>,
+    valid_step: Tensor,
+    logits: Tensor,
+    steps: usize,
+    padded_prompt_len: i64,
+}
+
 impl Model {
-    /// Generate continuations of `prompts` (token ids, one row each) in one left-padded batch.
-    ///
-    /// Hooks apply to the prefill and to each decoding step; captures are concatenated along the token
-    /// axis. Rows are independent: a row's tokens do not depend on the other rows.
-    pub fn generate(
+    /// Run `prompts` (token ids, one row each, left-padded into one batch) through the model with `hooks`,
+    /// keeping a KV cache for up to `max_new_tokens` more tokens per row. Returns the decoder (its
+    /// [`Decoder::logits`] are the next-token logits) and the prefill's captures (`[B, T_padded, d]`).
+    pub fn prefill(
         &self,
         prompts: &[Vec<i64>],
         pad_id: i64,
         hooks: &Hooks,
-        opts: &GenerateOptions,
-    ) -> Result<Generation> {
-        validate(opts)?;
+        max_new_tokens: usize,
+    ) -> Result<(Decoder<'_>, Vec<(HookPoint, Tensor)>)> {
         let _guard = tch::no_grad_guard();
         let device = self.device();
         let batch = Batch::from_sequences(prompts, pad_id, PaddingSide::Left, device)?;
         let (b, t) = (batch.size(), batch.seq_len());
-        let total = t + opts.max_new_tokens as i64;
+        let total = t + max_new_tokens as i64;
         if total > self.spec().max_position_embeddings {
             return Err(HookError::invalid(format!(
-                "prompt ({t} tokens) + max_new_tokens ({}) exceed the model's context of {}",
-                opts.max_new_tokens,
+                "prompt ({t} tokens) + max_new_tokens ({max_new_tokens}) exceed the model's context of {}",
                 self.spec().max_position_embeddings
             )));
         }
@@ -221,14 +259,7 @@ impl Model {
         let mut cache = self.new_cache(b, total.max(1))?;
         let lengths: Vec<i64> = batch.lengths.iter().map(|&l| l as i64).collect();
         let prompt_lengths = Tensor::from_slice(&lengths).f_to_device(device)?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-
-        let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); b as usize];
-        let mut finish = vec![FinishReason::Length; b as usize];
-        let mut done = vec![false; b as usize];
-        let mut step_captures: Vec<Vec<(HookPoint, Tensor)>> = Vec::new();
-        // Prefill: the whole prompt at once, filling the cache.
-        let mut out = self.run(
+        let out = self.run(
             &StepInput {
                 input_ids: &batch.input_ids,
                 position_ids: &batch.position_ids,
@@ -240,20 +271,80 @@ impl Model {
             hooks,
             Some(&mut cache),
         )?;
+        let logits = out.last.f_select(1, out.last.size()[1] - 1)?;
+        Ok((
+            Decoder {
+                model: self,
+                cache,
+                prompt_lengths,
+                positions: lengths,
+                valid_step: Tensor::f_ones([b, 1], (Kind::Bool, device))?,
+                logits,
+                steps: 0,
+                padded_prompt_len: t,
+            },
+            out.captures,
+        ))
+    }
+
+    /// Generate continuations of `prompts` (token ids, one row each) in one left-padded batch.
+    ///
+    /// Hooks apply to the prefill and to each decoding step; captures are concatenated along the token
+    /// axis. Rows are independent: a row's tokens do not depend on the other rows.
+    pub fn generate(
+        &self,
+        prompts: &[Vec<i64>],
+        pad_id: i64,
+        hooks: &Hooks,
+        opts: &GenerateOptions,
+    ) -> Result<Generation> {
+        let (decoder, prefill) = self.prefill(prompts, pad_id, hooks, opts.max_new_tokens)?;
+        decoder.finish(pad_id, hooks, opts, prefill)
+    }
+}
+
+impl<'m> Decoder<'m> {
+    /// An independent copy (its own KV cache), e.g. to decode several continuations of one prefill.
+    pub fn fork(&self) -> Result<Decoder<'m>> {
+        Ok(Decoder {
+            model: self.model,
+            cache: self.cache.try_clone()?,
+            prompt_lengths: deep_copy(&self.prompt_lengths)?,
+            positions: self.positions.clone(),
+            valid_step: deep_copy(&self.valid_step)?,
+            logits: deep_copy(&self.logits)?,
+            steps: self.steps,
+            padded_prompt_len: self.padded_prompt_len,
+        })
+    }
+
+    /// Decode to the end as [`Model::generate`] does after its prefill: the first token is chosen from
+    /// the current logits, then one step per token with `hooks`, until every row has hit a stop token or
+    /// `opts.max_new_tokens` are out (counted from here). `earlier` are the captures so far (e.g. the
+    /// prefill's), concatenated in front of the new ones.
+    pub fn finish(
+        mut self,
+        pad_id: i64,
+        hooks: &Hooks,
+        opts: &GenerateOptions,
+        earlier: Vec<(HookPoint, Tensor)>,
+    ) -> Result<Generation> {
+        let mut chooser = TokenChooser::new(opts)?;
+        let b = self.batch_size();
+        let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); b];
+        let mut finish = vec![FinishReason::Length; b];
         if opts.max_new_tokens == 0 {
             return Ok(Generation {
                 tokens,
                 finish,
-                captures: out.captures,
+                captures: earlier,
             });
         }
-        let mut positions = lengths.clone(); // next absolute position per row
-        let valid_step = Tensor::f_ones([b, 1], (Kind::Bool, device))?;
+        let mut done = vec![false; b];
+        let mut step_captures: Vec<Vec<(HookPoint, Tensor)>> = vec![earlier];
         for k in 0..opts.max_new_tokens {
-            step_captures.push(std::mem::take(&mut out.captures));
-            let logits = out.last.f_select(1, out.last.size()[1] - 1)?; // [B, vocab]
-            let next = choose(&logits, opts.sampling, &mut rng)?;
-            for r in 0..b as usize {
+            let next = chooser.choose(self.logits())?;
+            for r in 0..b {
                 if done[r] {
                     continue;
                 }
@@ -271,31 +362,82 @@ impl Model {
                 .zip(&done)
                 .map(|(&n, &d)| if d { pad_id } else { n })
                 .collect();
-            let ids = Tensor::from_slice(&ids)
-                .f_view([b, 1])?
-                .f_to_device(device)?;
-            let pos = Tensor::from_slice(&positions)
-                .f_view([b, 1])?
-                .f_to_device(device)?;
-            positions.iter_mut().for_each(|p| *p += 1);
-            out = self.run(
-                &StepInput {
-                    input_ids: &ids,
-                    position_ids: &pos,
-                    valid: &valid_step,
-                    prompt_lengths: &prompt_lengths,
-                    decode_step: Some(k),
-                    last_logits_only: true,
-                },
-                hooks,
-                Some(&mut cache),
-            )?;
+            step_captures.push(self.step(&ids, hooks)?);
         }
         Ok(Generation {
             tokens,
             finish,
             captures: concat_captures(step_captures)?,
         })
+    }
+
+    /// Next-token logits `[B, vocab]` after the prefill or the last step.
+    pub fn logits(&self) -> &Tensor {
+        &self.logits
+    }
+
+    /// Rows in the batch.
+    pub fn batch_size(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// Decoding steps taken so far.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Padded prompt length `T` of the prefill (captures of step `k` sit at column `T + k` of a
+    /// [`Model::generate`] capture).
+    pub fn padded_prompt_len(&self) -> i64 {
+        self.padded_prompt_len
+    }
+
+    /// Absolute position each row's next token will take.
+    pub fn next_positions(&self) -> &[i64] {
+        &self.positions
+    }
+
+    /// Feed one token per row (`tokens.len()` = batch size) with `hooks` (they see
+    /// `decode_step = Some(k)` and the rows' absolute positions) and return this step's captures
+    /// (`[B, 1, d]`).
+    pub fn step(&mut self, tokens: &[i64], hooks: &Hooks) -> Result<Vec<(HookPoint, Tensor)>> {
+        let _guard = tch::no_grad_guard();
+        let b = self.positions.len();
+        if tokens.len() != b {
+            return Err(HookError::invalid(format!(
+                "a decoding step needs one token per row: {} tokens for {b} rows",
+                tokens.len()
+            )));
+        }
+        let vocab = self.model.spec().vocab_size;
+        if let Some(bad) = tokens.iter().find(|&&t| t < 0 || t >= vocab) {
+            return Err(HookError::invalid(format!(
+                "token id {bad} outside the vocabulary [0, {vocab})"
+            )));
+        }
+        let device = self.model.device();
+        let ids = Tensor::from_slice(tokens)
+            .f_view([b as i64, 1])?
+            .f_to_device(device)?;
+        let pos = Tensor::from_slice(&self.positions)
+            .f_view([b as i64, 1])?
+            .f_to_device(device)?;
+        let out = self.model.run(
+            &StepInput {
+                input_ids: &ids,
+                position_ids: &pos,
+                valid: &self.valid_step,
+                prompt_lengths: &self.prompt_lengths,
+                decode_step: Some(self.steps),
+                last_logits_only: true,
+            },
+            hooks,
+            Some(&mut self.cache),
+        )?;
+        self.positions.iter_mut().for_each(|p| *p += 1);
+        self.steps += 1;
+        self.logits = out.last.f_select(1, out.last.size()[1] - 1)?;
+        Ok(out.captures)
     }
 }
 

@@ -1050,3 +1050,98 @@ fn parse_direction_name(name: &[u8]) -> Result<usize, String> {
     }
     Ok(n)
 }
+
+/// The GGUF block index a steering entry at `point` maps to: `resid_post(N)` is block `N`'s output and
+/// `resid_pre(N + 1)` the same tensor. Anything else — block 0's output, the embeddings, attention or MLP
+/// outputs — has no control-vector form (the error says why).
+pub fn gguf_block(point: rosetta_model_hooks::HookPoint) -> Result<usize, String> {
+    use rosetta_model_hooks::HookPoint as P;
+    let n = match point {
+        P::ResidPost(n) => n,
+        P::ResidPre(l) if l >= 1 => l - 1,
+        P::ResidPre(_) | P::Embed => {
+            return Err(format!(
+                "{point} is the embedding output: llama.cpp cannot steer it (no direction.0)"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "{other} is not a block output; control vectors are added to resid_post(N) only"
+            ))
+        }
+    };
+    if n == 0 {
+        return Err(format!(
+            "{point} is block 0's output, which llama.cpp refuses (direction.0)"
+        ));
+    }
+    Ok(n)
+}
+
+impl crate::SteeringVector {
+    /// This vector as a control vector, every direction multiplied by `alpha` (llama.cpp's
+    /// `--control-vector-scaled FILE S` multiplies again by `S`). Entries must be `[d]` directions at block
+    /// outputs (`resid_post(N)`, N >= 1, or `resid_pre(N + 1)`); the model hint is `model_hint` (the
+    /// architecture, e.g. `qwen2`).
+    pub fn to_control_vector(&self, alpha: f64, model_hint: &str) -> crate::Result<ControlVector> {
+        let mut directions = BTreeMap::new();
+        for e in &self.entries {
+            let what = || format!("steering vector for {}", self.model.id);
+            if e.per_position() {
+                return Err(GgufError::Export {
+                    what: what(),
+                    reason: format!(
+                        "the entry at {} has one row per trigger token; control vectors hold one [d] \
+                         direction per block",
+                        e.point
+                    ),
+                }
+                .into());
+            }
+            let block = gguf_block(e.point).map_err(|reason| GgufError::Export {
+                what: what(),
+                reason,
+            })?;
+            let v: Vec<f32> = Vec::<f32>::try_from(e.direction.f_mul_scalar(alpha)?)
+                .map_err(|err| crate::SteeringError::invalid(err.to_string()))?;
+            if directions.insert(block, v).is_some() {
+                return Err(GgufError::Export {
+                    what: what(),
+                    reason: format!("two entries land on block {block}'s output"),
+                }
+                .into());
+            }
+        }
+        Ok(ControlVector {
+            model_hint: model_hint.to_string(),
+            directions,
+        })
+    }
+
+    /// A steering vector from a control vector, for `model`: `direction.N` becomes an entry at
+    /// `resid_post(N)`. The file carries no activation scale, so each entry's scale is its direction's
+    /// norm (`Strength::Relative(a)` then equals `Strength::Raw(a)`).
+    pub fn from_control_vector(
+        cv: &ControlVector,
+        model: crate::ModelIdentity,
+    ) -> crate::Result<Self> {
+        cv.check_width(model.d_model as usize)?;
+        let entries = cv
+            .directions
+            .iter()
+            .map(|(&n, dir)| {
+                let t = tch::Tensor::from_slice(dir);
+                let norm = t.f_norm()?.double_value(&[]);
+                crate::VectorEntry::new(rosetta_model_hooks::HookPoint::ResidPost(n), &t, norm)
+            })
+            .collect::<crate::Result<Vec<_>>>()?;
+        crate::SteeringVector::new(
+            model,
+            crate::Method::Imported {
+                model_hint: cv.model_hint.clone(),
+            },
+            crate::Provenance::default(),
+            entries,
+        )
+    }
+}

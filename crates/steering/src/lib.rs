@@ -11,8 +11,12 @@
 //!   [`mod@refusal`]: Arditi et al.'s refusal direction with its per-layer selection on held-out prompts.
 //! - [`mod@intervene`]: add (all / prompt / generated / trigger positions), directional ablation at one or
 //!   every layer, patching, mean ablation, the [`SafetySwitch`], conditional steering ([`Conditional`]).
+//! - [`mod@mapped`]: mapped completions — the target reading the map of the source's activations, both
+//!   models decoding side by side ([`MappedPair`]).
 //! - [`mod@transfer`]: mapped contrast, offset and linear-part transfer, a seeded random baseline, and the
 //!   [`Fidelity`] report every transfer comes with.
+//! - [`mod@sweep`]: a metric of steered completions per (layer, alpha), one prefill per prompt when only
+//!   generated tokens are steered.
 //! - [`gguf`]: llama.cpp / repeng control-vector files ([`ControlVector`]).
 //!
 //! ```no_run
@@ -44,9 +48,11 @@
 pub mod error;
 pub mod gguf;
 pub mod intervene;
+pub mod mapped;
 pub mod methods;
 pub mod positions;
 pub mod refusal;
+pub mod sweep;
 pub mod transfer;
 pub mod vector;
 
@@ -57,6 +63,7 @@ pub use intervene::{
     mean_activation, patch_from, trigger_spans, AblationScope, ConditionFlags, Conditional,
     SafetySwitch, Strength, Where,
 };
+pub use mapped::{ExtraHooks, MappedPair};
 pub use methods::{
     activations_at, activations_at_indices, diff_of_means, mean_difference, pca_center, pca_diff,
     pca_vector, trigger_contrast, Contrast, Pca, PositionActs, TriggerPairs,
@@ -66,6 +73,7 @@ pub use refusal::{
     first_token_ids, mean_kl, next_token_logprobs, refusal_candidates, refusal_score,
     select_refusal_direction, InduceThreshold, RefusalCandidate, RefusalConfig, RefusalSelection,
 };
+pub use sweep::{layer_sweep, SweepCell, SweepConfig, SweepPositions, SweepResult};
 pub use transfer::{cosine, random_like, Effect, Fidelity, Transfer};
 pub use vector::{
     method_name, EntryInfo, Method, ModelIdentity, Provenance, Recipe, SteeringVector, VectorEntry,

@@ -647,3 +647,144 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+// ---------------------------------------------------------------- mapped completions
+
+#[test]
+fn mapped_completions_with_an_identity_map_reproduce_the_model() -> Result<()> {
+    let model = load("llama");
+    let d = model.d_model();
+    let map: AnyMap = Affine::identity(d, Device::Cpu)?.into();
+    let point = HookPoint::ResidPost(1);
+    let pair = MappedPair::new(&model, &model, &map, point, point)?;
+    let opts = GenerateOptions::greedy(8);
+    let plain = model.generate(&prompts(), 0, &Hooks::new(), &opts)?;
+    let mapped = pair.generate(&prompts(), 0, &opts, None)?;
+    assert_eq!(mapped.tokens, plain.tokens);
+    let batch = Batch::from_sequences(&prompts(), 0, PaddingSide::Left, Device::Cpu)?;
+    let out = pair.forward(&batch, None)?;
+    assert!(max_abs(out.logits().unwrap(), &model.logits(&batch)?) < 1e-5);
+    Ok(())
+}
+
+#[test]
+fn mapped_generation_side_by_side_equals_a_full_recomputation() -> Result<()> {
+    // A map that really changes the target: under the KV cache, each new token must go through the source
+    // and the map before the target reads it, exactly as a full forward pass over the whole text does.
+    let source = load("llama");
+    let target = load("llama");
+    let d = source.d_model();
+    tch::manual_seed(8);
+    let w = Tensor::eye(d, (Kind::Float, Device::Cpu)) * 0.5
+        + Tensor::randn([d, d], (Kind::Float, Device::Cpu)) * 0.2;
+    let map: AnyMap = Affine::from_parts(
+        MapKind::Affine,
+        w,
+        Tensor::zeros([d], (Kind::Float, Device::Cpu)),
+    )?
+    .into();
+    let pair = MappedPair::new(
+        &source,
+        &target,
+        &map,
+        HookPoint::ResidPost(0),
+        HookPoint::ResidPost(1),
+    )?;
+    let opts = GenerateOptions::greedy(6);
+    let gen = pair.generate(&prompts(), 0, &opts, None)?;
+    let plain = target.generate(&prompts(), 0, &Hooks::new(), &opts)?;
+    assert_ne!(
+        gen.tokens, plain.tokens,
+        "the map should change the completions"
+    );
+    for (p, toks) in prompts().iter().zip(&gen.tokens) {
+        let mut full = p.clone();
+        full.extend_from_slice(&toks[..toks.len() - 1]);
+        let batch = Batch::from_sequences(&[full.clone()], 0, PaddingSide::Left, Device::Cpu)?;
+        let logits = pair.forward(&batch, None)?.logits().unwrap().get(0);
+        let argmax: Vec<i64> = Vec::try_from(
+            logits
+                .narrow(0, p.len() as i64 - 1, toks.len() as i64)
+                .argmax(-1, false),
+        )?;
+        assert_eq!(&argmax, toks);
+    }
+    // Width and tokenizer checks.
+    let wide: AnyMap = Affine::identity(d + 2, Device::Cpu)?.into();
+    assert!(MappedPair::new(
+        &source,
+        &target,
+        &wide,
+        HookPoint::ResidPost(0),
+        HookPoint::ResidPost(1)
+    )
+    .is_err());
+    assert!(MappedPair::new(
+        &source,
+        &target,
+        &map,
+        HookPoint::ResidPost(99),
+        HookPoint::ResidPost(1)
+    )
+    .is_err());
+    Ok(())
+}
+
+#[test]
+fn steering_vectors_convert_to_and_from_control_vectors() -> Result<()> {
+    let d = 5;
+    let e = |p, s: f64| {
+        VectorEntry::new(p, &(Tensor::arange(d, (Kind::Float, Device::Cpu)) * s), 1.0).unwrap()
+    };
+    let v = SteeringVector::new(
+        ident("m", d),
+        Method::DiffOfMeans,
+        Provenance::default(),
+        vec![
+            e(HookPoint::ResidPost(2), 1.0),
+            e(HookPoint::ResidPre(2), 2.0),
+        ],
+    )?;
+    let cv = v.to_control_vector(0.5, "qwen2")?;
+    assert_eq!(
+        cv.directions.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(cv.directions[&1], vec![0.0, 1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(cv.directions[&2], vec![0.0, 0.5, 1.0, 1.5, 2.0]);
+    let back = SteeringVector::from_control_vector(
+        &ControlVector::from_bytes(&cv.to_bytes()?, "mem")?,
+        ident("m", d),
+    )?;
+    assert_eq!(back.entries.len(), 2);
+    assert_eq!(back.entries[0].point, HookPoint::ResidPost(1));
+    assert!(matches!(&back.method, Method::Imported { model_hint } if model_hint == "qwen2"));
+    for bad in [
+        HookPoint::ResidPost(0),
+        HookPoint::ResidPre(1),
+        HookPoint::Embed,
+        HookPoint::AttnOut(2),
+    ] {
+        let v = SteeringVector::new(
+            ident("m", d),
+            Method::DiffOfMeans,
+            Provenance::default(),
+            vec![e(bad, 1.0)],
+        )?;
+        let err = v.to_control_vector(1.0, "qwen2").unwrap_err().to_string();
+        assert!(err.contains(&bad.to_string()), "{err}");
+    }
+    // Two entries on one block output (resid_post(1) and resid_pre(2)) are refused.
+    let dup = SteeringVector::new(
+        ident("m", d),
+        Method::DiffOfMeans,
+        Provenance::default(),
+        vec![
+            e(HookPoint::ResidPost(1), 1.0),
+            e(HookPoint::ResidPre(2), 1.0),
+        ],
+    )?;
+    assert!(dup.to_control_vector(1.0, "x").is_err());
+    assert!(SteeringVector::from_control_vector(&cv, ident("m", d + 1)).is_err());
+    Ok(())
+}

@@ -399,3 +399,182 @@ fn qwen_refusal_direction_induces_and_removes_refusal() -> Result<()> {
     let _ = ChatMessage::user("");
     Ok(())
 }
+
+#[test]
+fn layer_sweeps_share_one_prefill_and_match_direct_generation() -> Result<()> {
+    let Some(dir) = zoo_dir("smollm2-135m-instruct") else {
+        return Ok(());
+    };
+    let (model, tok) = load(&dir);
+    let contrast = Contrast {
+        positive: [
+            "I love this, it is wonderful.",
+            "What a fantastic, joyful day!",
+            "This is the best thing ever.",
+        ]
+        .iter()
+        .map(|s| Prompt::text(*s))
+        .collect(),
+        negative: [
+            "I hate this, it is awful.",
+            "What a terrible, miserable day!",
+            "This is the worst thing ever.",
+        ]
+        .iter()
+        .map(|s| Prompt::text(*s))
+        .collect(),
+        data: None,
+    };
+    let points = [
+        HookPoint::ResidPost(5),
+        HookPoint::ResidPost(15),
+        HookPoint::ResidPost(25),
+    ];
+    let v = diff_of_means(&model, &tok, &contrast, &PositionRule::Last, &points, 4)?;
+    // PCA of pair-centred activations points the way the difference of means does; both PCA vectors are
+    // unit directions oriented so that the positive prompts project higher.
+    let pc = pca_vector(
+        &model,
+        &tok,
+        &contrast,
+        &PositionRule::Last,
+        &points[1..2],
+        Pca::Center,
+        4,
+    )?;
+    let cos = cosine(pc.single()?, v.entry(points[1]).unwrap())?;
+    assert!(cos > 0.5, "pca_center vs difference of means: cosine {cos}");
+    let pd = pca_vector(
+        &model,
+        &tok,
+        &contrast,
+        &PositionRule::Last,
+        &points[1..2],
+        Pca::Diff,
+        4,
+    )?;
+    for p in [&pc, &pd] {
+        let e = p.single()?;
+        assert!((e.norm() - 1.0).abs() < 1e-4);
+        let acts = activations_at(
+            &model,
+            &tok,
+            &contrast.positive,
+            &PositionRule::Last,
+            &points[1..2],
+            4,
+        )?;
+        let negs = activations_at(
+            &model,
+            &tok,
+            &contrast.negative,
+            &PositionRule::Last,
+            &points[1..2],
+            4,
+        )?;
+        let higher = (acts[0].acts.matmul(&e.direction) - negs[0].acts.matmul(&e.direction))
+            .gt(0.0)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        assert!(
+            higher >= 2,
+            "{}: positive side higher on {higher} of 3 pairs",
+            method_name(&p.method)
+        );
+    }
+    let prompts: Vec<Prompt> = [
+        "Tell me about your day.",
+        "Describe the weather.",
+        "How was the film?",
+        "Write one sentence about dogs.",
+        "What do you think of Mondays?",
+    ]
+    .iter()
+    .map(|s| Prompt::user(*s))
+    .collect();
+    let words = [
+        "love",
+        "wonderful",
+        "great",
+        "happy",
+        "joy",
+        "fantastic",
+        "best",
+    ];
+    let mut metric = |texts: &[String]| -> rosetta_steering::Result<f64> {
+        Ok(texts
+            .iter()
+            .filter(|t| words.iter().any(|w| t.to_lowercase().contains(w)))
+            .count() as f64
+            / texts.len() as f64)
+    };
+    let config = SweepConfig {
+        alphas: vec![4.0, 8.0],
+        relative: false,
+        positions: SweepPositions::Generated,
+        max_new_tokens: 12,
+        batch_size: 2,
+    };
+    let mut calls = 0;
+    let res = layer_sweep(
+        &model,
+        &tok,
+        &v,
+        &prompts,
+        &config,
+        "positive words",
+        &mut metric,
+        &mut |_, _| calls += 1,
+    )?;
+    assert_eq!(calls, 6);
+    assert_eq!(res.cells.len(), 6);
+    assert_eq!(
+        res.prefills, 3,
+        "one prefill per batch of prompts, shared by every cell"
+    );
+    // A cell equals a direct generation with the same hooks.
+    let cell = &res.cells[3]; // resid_post.15, alpha 8
+    let mut hooks = Hooks::new();
+    add_vector(
+        &mut hooks,
+        &v.at(HookPoint::ResidPost(15))?,
+        Strength::Raw(8.0),
+        &Where::Generated,
+    )?;
+    let texts = generate_texts(&model, &tok, &prompts, &hooks, 12);
+    assert_eq!(metric(&texts)?, cell.value);
+    assert_eq!(
+        metric(&generate_texts(&model, &tok, &prompts, &Hooks::new(), 12))?,
+        res.baseline
+    );
+    let md = res.to_markdown();
+    assert!(
+        md.contains("| resid_post.15 |") && md.contains("alpha 8"),
+        "{md}"
+    );
+    let out = std::env::temp_dir().join(format!("rosetta-sweep-{}", std::process::id()));
+    res.save(&out)?;
+    let back: SweepResult =
+        serde_json::from_str(&std::fs::read_to_string(out.join("sweep.json"))?)?;
+    assert_eq!(back, res);
+    std::fs::remove_dir_all(&out)?;
+    // Steering every position needs a pass per cell.
+    let all = SweepConfig {
+        positions: SweepPositions::All,
+        alphas: vec![4.0],
+        ..config
+    };
+    let res = layer_sweep(
+        &model,
+        &tok,
+        &v,
+        &prompts,
+        &all,
+        "positive words",
+        &mut metric,
+        &mut |_, _| {},
+    )?;
+    assert_eq!(res.prefills, 3 * (1 + 3));
+    eprintln!("{}", res.to_markdown());
+    Ok(())
+}

@@ -1,0 +1,792 @@
+//! Plots for run reports, drawn with `plotters`, each written as `stem.png` and `stem.svg` (atomically):
+//! a line chart of named series ([`line_chart`]: success vs alpha, success vs layer), a histogram of one
+//! or more overlaid value sets ([`histogram`]: KL values of mapped vs mean-ablated runs) and a grouped bar
+//! chart ([`bar_chart`]: categories × series, e.g. mapped vs native vs random).
+//!
+//! PNG text is rendered with DejaVu Sans, bundled in the crate (`assets/DejaVuSans.ttf`, Bitstream Vera
+//! licence in `assets/DejaVuSans-LICENSE.txt`) and registered with plotters' `ab_glyph` renderer, so plots
+//! look the same on every machine and need no system fonts or fontconfig. SVG text names `sans-serif`.
+//!
+//! Inputs are checked (no series, non-finite values, mismatched lengths are errors); drawing failures are
+//! [`EvalError::Plot`].
+//!
+//! ```
+//! use rosetta_eval::plot::{line_chart, LineChart};
+//! let dir = std::env::temp_dir().join(format!("rosetta-plot-doc-{}", std::process::id()));
+//! let chart = LineChart::new("Steering success vs alpha", "alpha", "success")
+//!     .with_series("mapped", [(1.0, 0.1), (2.0, 0.4), (4.0, 0.55)])
+//!     .with_series("native", [(1.0, 0.12), (2.0, 0.45), (4.0, 0.56)])
+//!     .with_y_range(0.0, 1.0);
+//! let files = line_chart(&dir.join("success_vs_alpha"), &chart)?;
+//! assert!(files.png.exists() && files.svg.exists());
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), rosetta_eval::EvalError>(())
+//! ```
+
+use std::ffi::OsString;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::atomic::{create_dir_all, write_atomic};
+use crate::error::{EvalError, Result};
+
+/// DejaVu Sans (Bitstream Vera licence: `assets/DejaVuSans-LICENSE.txt`).
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+/// The family every plot's text uses (plotters' default family too).
+const FAMILY: &str = "sans-serif";
+
+/// Register the bundled font with plotters once per process.
+fn ensure_font() -> Result<()> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED
+        .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(EvalError::Plot {
+            what: "font".into(),
+            message: "the bundled DejaVuSans.ttf could not be loaded".into(),
+        })
+    }
+}
+
+/// The files a plot was written to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlotFiles {
+    /// `stem.png`.
+    pub png: PathBuf,
+    /// `stem.svg`.
+    pub svg: PathBuf,
+}
+
+/// A plot's size in pixels (the SVG's too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlotSize {
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+}
+
+impl Default for PlotSize {
+    /// 800 × 500.
+    fn default() -> Self {
+        PlotSize {
+            width: 800,
+            height: 500,
+        }
+    }
+}
+
+impl PlotSize {
+    /// `width × height`.
+    pub fn new(width: u32, height: u32) -> Self {
+        PlotSize { width, height }
+    }
+
+    fn check(&self, what: &str) -> Result<()> {
+        let ok = |v: u32| (100..=8192).contains(&v);
+        if ok(self.width) && ok(self.height) {
+            Ok(())
+        } else {
+            Err(EvalError::Invalid(format!(
+                "plot {what}: size {}x{} outside 100..=8192 pixels",
+                self.width, self.height
+            )))
+        }
+    }
+}
+
+/// Tableau 10: distinguishable colours for up to ten series (then they repeat).
+const COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+fn color(i: usize) -> RGBColor {
+    COLORS[i % COLORS.len()]
+}
+
+/// A named series of points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Legend name.
+    pub name: String,
+    /// Points `(x, y)`, drawn in this order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A line chart of named series (with point markers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineChart {
+    /// Title.
+    pub title: String,
+    /// X axis label.
+    pub x_label: String,
+    /// Y axis label.
+    pub y_label: String,
+    /// The series.
+    pub series: Vec<Series>,
+    /// Y axis range; `None`: the data's, padded by 5%.
+    pub y_range: Option<(f64, f64)>,
+    /// Size.
+    pub size: PlotSize,
+}
+
+impl LineChart {
+    /// A chart with no series yet.
+    pub fn new(
+        title: impl Into<String>,
+        x_label: impl Into<String>,
+        y_label: impl Into<String>,
+    ) -> Self {
+        LineChart {
+            title: title.into(),
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            series: Vec::new(),
+            y_range: None,
+            size: PlotSize::default(),
+        }
+    }
+
+    /// With one more series.
+    pub fn with_series(
+        mut self,
+        name: impl Into<String>,
+        points: impl IntoIterator<Item = (f64, f64)>,
+    ) -> Self {
+        self.series.push(Series {
+            name: name.into(),
+            points: points.into_iter().collect(),
+        });
+        self
+    }
+
+    /// With a fixed y range (e.g. `0..1` for rates).
+    pub fn with_y_range(mut self, lo: f64, hi: f64) -> Self {
+        self.y_range = Some((lo, hi));
+        self
+    }
+
+    /// With a size.
+    pub fn with_size(mut self, size: PlotSize) -> Self {
+        self.size = size;
+        self
+    }
+}
+
+/// A histogram of one or more value sets over shared bins (sets overlaid, translucent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    /// Title.
+    pub title: String,
+    /// X axis label (what the values are).
+    pub x_label: String,
+    /// The value sets, each with a legend name.
+    pub sets: Vec<(String, Vec<f64>)>,
+    /// Number of equal-width bins (default 30).
+    pub bins: usize,
+    /// Range the bins cover; `None`: from the smallest to the largest value.
+    pub range: Option<(f64, f64)>,
+    /// Size.
+    pub size: PlotSize,
+}
+
+impl Histogram {
+    /// A histogram with no values yet, 30 bins.
+    pub fn new(title: impl Into<String>, x_label: impl Into<String>) -> Self {
+        Histogram {
+            title: title.into(),
+            x_label: x_label.into(),
+            sets: Vec::new(),
+            bins: 30,
+            range: None,
+            size: PlotSize::default(),
+        }
+    }
+
+    /// With one more value set.
+    pub fn with_values(
+        mut self,
+        name: impl Into<String>,
+        values: impl IntoIterator<Item = f64>,
+    ) -> Self {
+        self.sets.push((name.into(), values.into_iter().collect()));
+        self
+    }
+
+    /// With a bin count.
+    pub fn with_bins(mut self, bins: usize) -> Self {
+        self.bins = bins;
+        self
+    }
+
+    /// With a fixed range for the bins (values outside it are not counted).
+    pub fn with_range(mut self, lo: f64, hi: f64) -> Self {
+        self.range = Some((lo, hi));
+        self
+    }
+
+    /// With a size.
+    pub fn with_size(mut self, size: PlotSize) -> Self {
+        self.size = size;
+        self
+    }
+}
+
+/// A grouped bar chart: one group of bars per category, one bar per series in each group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BarChart {
+    /// Title.
+    pub title: String,
+    /// Y axis label.
+    pub y_label: String,
+    /// Category names (x axis).
+    pub categories: Vec<String>,
+    /// Series: a legend name and one value per category.
+    pub series: Vec<(String, Vec<f64>)>,
+    /// Y axis range; `None`: from `min(0, data)` to the data's maximum plus 10%.
+    pub y_range: Option<(f64, f64)>,
+    /// Size.
+    pub size: PlotSize,
+}
+
+impl BarChart {
+    /// A chart over these categories, with no series yet.
+    pub fn new<S: Into<String>>(
+        title: impl Into<String>,
+        y_label: impl Into<String>,
+        categories: impl IntoIterator<Item = S>,
+    ) -> Self {
+        BarChart {
+            title: title.into(),
+            y_label: y_label.into(),
+            categories: categories.into_iter().map(Into::into).collect(),
+            series: Vec::new(),
+            y_range: None,
+            size: PlotSize::default(),
+        }
+    }
+
+    /// With one more series (one value per category).
+    pub fn with_series(
+        mut self,
+        name: impl Into<String>,
+        values: impl IntoIterator<Item = f64>,
+    ) -> Self {
+        self.series
+            .push((name.into(), values.into_iter().collect()));
+        self
+    }
+
+    /// With a fixed y range.
+    pub fn with_y_range(mut self, lo: f64, hi: f64) -> Self {
+        self.y_range = Some((lo, hi));
+        self
+    }
+
+    /// With a size.
+    pub fn with_size(mut self, size: PlotSize) -> Self {
+        self.size = size;
+        self
+    }
+}
+
+/// Counts of `values` in `bins` equal-width bins over `[lo, hi]` (the last bin includes `hi`; values
+/// outside are not counted). Errors on `bins == 0`, a non-finite or empty range, or a non-finite value.
+pub fn bin_counts(values: &[f64], bins: usize, lo: f64, hi: f64) -> Result<Vec<u64>> {
+    if bins == 0 {
+        return Err(EvalError::Invalid("histogram: 0 bins".into()));
+    }
+    if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+        return Err(EvalError::Invalid(format!(
+            "histogram: bad range [{lo}, {hi}]"
+        )));
+    }
+    let mut counts = vec![0u64; bins];
+    let width = (hi - lo) / bins as f64;
+    for (i, &v) in values.iter().enumerate() {
+        if !v.is_finite() {
+            return Err(EvalError::Invalid(format!("histogram: value {i} is {v}")));
+        }
+        if v < lo || v > hi {
+            continue;
+        }
+        // Truncation is the binning; `min` puts `hi` in the last bin.
+        let b = (((v - lo) / width) as usize).min(bins - 1);
+        counts[b] += 1;
+    }
+    Ok(counts)
+}
+
+fn check_finite(what: &str, name: &str, values: impl IntoIterator<Item = f64>) -> Result<()> {
+    for (i, v) in values.into_iter().enumerate() {
+        if !v.is_finite() {
+            return Err(EvalError::Invalid(format!(
+                "plot {what}: series {name:?} value {i} is {v}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_range(what: &str, (lo, hi): (f64, f64)) -> Result<()> {
+    if lo.is_finite() && hi.is_finite() && lo < hi {
+        Ok(())
+    } else {
+        Err(EvalError::Invalid(format!(
+            "plot {what}: bad axis range [{lo}, {hi}]"
+        )))
+    }
+}
+
+/// `lo..hi` widened by `pad` of its length on both sides, or by ±0.5 (±5% of |v|) when it is one value.
+fn padded(lo: f64, hi: f64, pad: f64) -> (f64, f64) {
+    if hi > lo {
+        let d = (hi - lo) * pad;
+        (lo - d, hi + d)
+    } else {
+        let d = if lo == 0.0 { 0.5 } else { lo.abs() * 0.05 };
+        (lo - d, hi + d)
+    }
+}
+
+fn min_max(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64)> {
+    values.into_iter().fold(None, |acc, v| match acc {
+        None => Some((v, v)),
+        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+    })
+}
+
+/// A category axis: categories at 0, 1, …, n−1 over `[-0.5, n−0.5]`, labelled by name at exactly those
+/// points.
+struct CategoryAxis {
+    names: Vec<String>,
+}
+
+impl Ranged for CategoryAxis {
+    type FormatOption = NoDefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let r = self.range();
+        let logic = (value - r.start) / (r.end - r.start);
+        let actual = limit.1 - limit.0;
+        if actual == 0 {
+            return limit.1;
+        }
+        limit.0 + (f64::from(actual) * logic + 1e-3).floor() as i32
+    }
+
+    fn key_points<H: KeyPointHint>(&self, hint: H) -> Vec<f64> {
+        let n = self.names.len();
+        let max = hint.max_num_points().max(1);
+        let step = n.div_ceil(max).max(1);
+        (0..n).step_by(step).map(|i| i as f64).collect()
+    }
+
+    fn range(&self) -> Range<f64> {
+        -0.5..(self.names.len() as f64 - 0.5)
+    }
+}
+
+impl ValueFormatter<f64> for CategoryAxis {
+    fn format_ext(&self, value: &f64) -> String {
+        let i = value.round();
+        if i >= 0.0 && (value - i).abs() < 1e-6 {
+            self.names.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    }
+}
+
+type DrawResult = std::result::Result<(), String>;
+
+fn err<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+/// What each plot kind draws, on any backend.
+trait Draw {
+    fn size(&self) -> PlotSize;
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult;
+}
+
+fn title_font() -> TextStyle<'static> {
+    (FAMILY, 22).into_font().into()
+}
+
+fn label_font() -> TextStyle<'static> {
+    (FAMILY, 15).into_font().into()
+}
+
+fn axis_font() -> TextStyle<'static> {
+    (FAMILY, 13).into_font().into()
+}
+
+impl Draw for LineChart {
+    fn size(&self) -> PlotSize {
+        self.size
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let all = || self.series.iter().flat_map(|s| s.points.iter().copied());
+        let (x_lo, x_hi) = min_max(all().map(|p| p.0)).ok_or("no points")?;
+        let (x_lo, x_hi) = padded(x_lo, x_hi, 0.02);
+        let (y_lo, y_hi) = match self.y_range {
+            Some(r) => r,
+            None => {
+                let (lo, hi) = min_max(all().map(|p| p.1)).ok_or("no points")?;
+                padded(lo, hi, 0.05)
+            }
+        };
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, title_font())
+            .margin(14)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(&self.x_label)
+            .y_desc(&self.y_label)
+            .axis_desc_style(label_font())
+            .label_style(axis_font())
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(err)?;
+        for (i, s) in self.series.iter().enumerate() {
+            let c = color(i);
+            chart
+                .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
+                .map_err(err)?
+                .label(&s.name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(2))
+                });
+            chart
+                .draw_series(
+                    s.points
+                        .iter()
+                        .map(|&(x, y)| Circle::new((x, y), 3, c.filled())),
+                )
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font(axis_font())
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)
+    }
+}
+
+impl Histogram {
+    fn bin_range(&self) -> Result<(f64, f64)> {
+        if let Some(r) = self.range {
+            check_range("histogram", r)?;
+            return Ok(r);
+        }
+        let (lo, hi) = min_max(self.sets.iter().flat_map(|s| s.1.iter().copied()))
+            .ok_or(EvalError::Empty("histogram"))?;
+        Ok(if hi > lo {
+            (lo, hi)
+        } else {
+            padded(lo, hi, 0.0)
+        })
+    }
+}
+
+impl Draw for Histogram {
+    fn size(&self) -> PlotSize {
+        self.size
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let (lo, hi) = self.bin_range().map_err(err)?;
+        let counts: Vec<Vec<u64>> = self
+            .sets
+            .iter()
+            .map(|(_, v)| bin_counts(v, self.bins, lo, hi))
+            .collect::<Result<_>>()
+            .map_err(err)?;
+        let top = counts.iter().flatten().copied().max().unwrap_or(0).max(1);
+        let width = (hi - lo) / self.bins as f64;
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, title_font())
+            .margin(14)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(lo..hi, 0.0..(top as f64 * 1.08))
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(&self.x_label)
+            .y_desc("count")
+            .axis_desc_style(label_font())
+            .label_style(axis_font())
+            // Counts are integers: fractional ticks (small counts) stay unlabelled.
+            .y_label_formatter(&|v| {
+                if (v - v.round()).abs() < 1e-9 {
+                    format!("{v:.0}")
+                } else {
+                    String::new()
+                }
+            })
+            .disable_x_mesh()
+            .max_light_lines(0)
+            .draw()
+            .map_err(err)?;
+        let alpha = if self.sets.len() > 1 { 0.55 } else { 0.85 };
+        for (i, ((name, _), counts)) in self.sets.iter().zip(&counts).enumerate() {
+            let c = color(i);
+            chart
+                .draw_series(
+                    counts
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &n)| n > 0)
+                        .map(|(b, &n)| {
+                            let x0 = lo + b as f64 * width;
+                            Rectangle::new(
+                                [(x0, 0.0), (x0 + width, n as f64)],
+                                c.mix(alpha).filled(),
+                            )
+                        }),
+                )
+                .map_err(err)?
+                .label(name)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.mix(alpha).filled())
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font(axis_font())
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)
+    }
+}
+
+impl BarChart {
+    fn value_range(&self) -> Result<(f64, f64)> {
+        if let Some(r) = self.y_range {
+            check_range("bar chart", r)?;
+            return Ok(r);
+        }
+        let (lo, hi) = min_max(self.series.iter().flat_map(|s| s.1.iter().copied()))
+            .ok_or(EvalError::Empty("bar chart"))?;
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        Ok((
+            if lo < 0.0 { lo - 0.1 * span } else { 0.0 },
+            if hi > 0.0 || lo == 0.0 {
+                hi + 0.1 * span
+            } else {
+                0.0
+            },
+        ))
+    }
+}
+
+impl Draw for BarChart {
+    fn size(&self) -> PlotSize {
+        self.size
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let (y_lo, y_hi) = self.value_range().map_err(err)?;
+        let axis = CategoryAxis {
+            names: self.categories.clone(),
+        };
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, title_font())
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(64)
+            .build_cartesian_2d(axis, y_lo..y_hi)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .y_desc(&self.y_label)
+            .axis_desc_style(label_font())
+            .label_style(axis_font())
+            .x_labels(self.categories.len())
+            .disable_x_mesh()
+            .max_light_lines(0)
+            .draw()
+            .map_err(err)?;
+        let k = self.series.len() as f64;
+        let group = 0.8;
+        let bar = group / k;
+        let base = 0.0_f64.clamp(y_lo, y_hi);
+        for (j, (name, values)) in self.series.iter().enumerate() {
+            let c = color(j);
+            chart
+                .draw_series(values.iter().enumerate().map(|(i, &v)| {
+                    let x0 = i as f64 - group / 2.0 + j as f64 * bar;
+                    Rectangle::new([(x0 + 0.01, base), (x0 + bar - 0.01, v)], c.filled())
+                }))
+                .map_err(err)?
+                .label(name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font(axis_font())
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)
+    }
+}
+
+/// `stem` with `ext` appended (`runs/a.b` → `runs/a.b.png`, not `runs/a.png`).
+fn with_ext(stem: &Path, ext: &str) -> PathBuf {
+    let mut s: OsString = stem.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+fn encode_png(rgb: &[u8], size: PlotSize) -> std::result::Result<Vec<u8>, png::EncodingError> {
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, size.width, size.height);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header()?;
+        w.write_image_data(rgb)?;
+        w.finish()?;
+    }
+    Ok(out)
+}
+
+/// Draw `plot` into memory twice (bitmap, SVG) and write both files atomically.
+fn render<P: Draw>(stem: &Path, plot: &P) -> Result<PlotFiles> {
+    let what = stem.display().to_string();
+    let plot_err = |message: String| EvalError::Plot {
+        what: what.clone(),
+        message,
+    };
+    let size = plot.size();
+    size.check(&what)?;
+    ensure_font()?;
+    let (w, h) = (size.width, size.height);
+    let mut rgb = vec![0u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        plot.draw(&root).map_err(plot_err)?;
+    }
+    let png_bytes = encode_png(&rgb, size).map_err(|e| plot_err(format!("PNG: {e}")))?;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
+        plot.draw(&root).map_err(plot_err)?;
+    }
+    if let Some(dir) = stem.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_all(dir)?;
+    }
+    let files = PlotFiles {
+        png: with_ext(stem, "png"),
+        svg: with_ext(stem, "svg"),
+    };
+    write_atomic(&files.png, &png_bytes)?;
+    write_atomic(&files.svg, svg.as_bytes())?;
+    Ok(files)
+}
+
+/// Draw a line chart to `stem.png` and `stem.svg`. Errors on no series, an empty series, a non-finite
+/// coordinate or a bad y range.
+pub fn line_chart(stem: &Path, chart: &LineChart) -> Result<PlotFiles> {
+    if chart.series.is_empty() {
+        return Err(EvalError::Empty("line chart: series"));
+    }
+    for s in &chart.series {
+        if s.points.is_empty() {
+            return Err(EvalError::Invalid(format!(
+                "line chart: series {:?} has no points",
+                s.name
+            )));
+        }
+        check_finite(
+            "line chart",
+            &s.name,
+            s.points.iter().flat_map(|p| [p.0, p.1]),
+        )?;
+    }
+    if let Some(r) = chart.y_range {
+        check_range("line chart", r)?;
+    }
+    render(stem, chart)
+}
+
+/// Draw a histogram to `stem.png` and `stem.svg`. Errors on no value set, an empty one, a non-finite
+/// value, 0 bins or a bad range.
+pub fn histogram(stem: &Path, hist: &Histogram) -> Result<PlotFiles> {
+    if hist.sets.is_empty() {
+        return Err(EvalError::Empty("histogram: value sets"));
+    }
+    for (name, values) in &hist.sets {
+        if values.is_empty() {
+            return Err(EvalError::Invalid(format!(
+                "histogram: value set {name:?} is empty"
+            )));
+        }
+        check_finite("histogram", name, values.iter().copied())?;
+    }
+    let (lo, hi) = hist.bin_range()?;
+    bin_counts(&[], hist.bins, lo, hi)?;
+    render(stem, hist)
+}
+
+/// Draw a grouped bar chart to `stem.png` and `stem.svg`. Errors on no category, no series, a series
+/// whose length differs from the categories', a non-finite value or a bad y range.
+pub fn bar_chart(stem: &Path, chart: &BarChart) -> Result<PlotFiles> {
+    if chart.categories.is_empty() {
+        return Err(EvalError::Empty("bar chart: categories"));
+    }
+    if chart.series.is_empty() {
+        return Err(EvalError::Empty("bar chart: series"));
+    }
+    for (name, values) in &chart.series {
+        if values.len() != chart.categories.len() {
+            return Err(EvalError::LengthMismatch {
+                what: "bar chart series vs categories",
+                left: values.len(),
+                right: chart.categories.len(),
+            });
+        }
+        check_finite("bar chart", name, values.iter().copied())?;
+    }
+    chart.value_range()?;
+    render(stem, chart)
+}
