@@ -14,6 +14,9 @@ pub enum SteeringError {
     /// Hashing a tokenizer or reading a store failed.
     #[error(transparent)]
     Store(#[from] rosetta_activation_store::StoreError),
+    /// Writing a plot or computing a metric failed.
+    #[error(transparent)]
+    Eval(#[from] rosetta_eval::EvalError),
     /// A GGUF control-vector file could not be read or written.
     #[error(transparent)]
     Gguf(#[from] crate::gguf::GgufError),

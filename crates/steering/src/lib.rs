@@ -74,7 +74,9 @@ pub use refusal::{
     select_refusal_direction, InduceThreshold, RefusalCandidate, RefusalConfig, RefusalSelection,
 };
 pub use sweep::{layer_sweep, SweepCell, SweepConfig, SweepPositions, SweepResult};
-pub use transfer::{cosine, random_like, Effect, Fidelity, Transfer};
+pub use transfer::{
+    cosine, random_like, reindex_rows, trigger_alignment, Effect, Fidelity, Transfer,
+};
 pub use vector::{
     method_name, EntryInfo, Method, ModelIdentity, Provenance, Recipe, SteeringVector, VectorEntry,
     VectorInfo,

@@ -157,7 +157,38 @@ impl SweepResult {
         s
     }
 
-    /// Write `sweep.json` and `sweep.md` into `dir` (atomically).
+    /// Plot the metric against the layer, one line per alpha and a dashed-level line for no intervention,
+    /// to `stem.png` and `stem.svg` (the paper's Figure 4 shape).
+    pub fn plot(&self, stem: impl AsRef<Path>) -> Result<rosetta_eval::plot::PlotFiles> {
+        let mut chart = rosetta_eval::plot::LineChart::new(
+            format!("{} by layer — {} ({})", self.metric, self.method, self.model),
+            "layer",
+            self.metric.clone(),
+        );
+        let layers: Vec<f64> = self
+            .cells
+            .iter()
+            .filter_map(|c| c.layer.map(|l| l as f64))
+            .collect();
+        for a in self.alphas() {
+            let pts: Vec<(f64, f64)> = self
+                .cells
+                .iter()
+                .filter(|c| c.alpha == a)
+                .filter_map(|c| c.layer.map(|l| (l as f64, c.value)))
+                .collect();
+            chart = chart.with_series(format!("alpha {a}"), pts);
+        }
+        if let (Some(lo), Some(hi)) = (
+            layers.iter().copied().reduce(f64::min),
+            layers.iter().copied().reduce(f64::max),
+        ) {
+            chart = chart.with_series("no intervention", [(lo, self.baseline), (hi, self.baseline)]);
+        }
+        Ok(rosetta_eval::plot::line_chart(stem.as_ref(), &chart)?)
+    }
+
+    /// Write `sweep.json`, `sweep.md` and the plot `sweep.png` / `sweep.svg` into `dir` (atomically).
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| SteeringError::io(dir, e))?;
@@ -171,7 +202,11 @@ impl SweepResult {
             .map_err(|e| SteeringError::io(&json, e))?;
         let md = dir.join("sweep.md");
         rosetta_model_hooks::weights::write_file_atomic(&md, self.to_markdown().as_bytes())
-            .map_err(|e| SteeringError::io(&md, e))
+            .map_err(|e| SteeringError::io(&md, e))?;
+        if self.cells.iter().any(|c| c.layer.is_some()) {
+            self.plot(dir.join("sweep"))?;
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,10 @@
 //! | random | a Gaussian direction with the transferred norm, seeded | — (the floor) |
 //!
 //! Per-position vectors (`[k, d]`, trigger contrasts) go through row by row (mapped contrast then needs
-//! `[n, k, d]` contrast activations). With an exact affine map every recipe gives `W v`.
+//! `[n, k, d]` contrast activations). When the target's tokenizer cuts the trigger into other tokens,
+//! [`trigger_alignment`] pairs each target trigger token with the source token covering its last character
+//! (the store's `CharEnd` rule) and [`reindex_rows`] lays the source rows out in target order first. With an
+//! exact affine map every recipe gives `W v`.
 //!
 //! A map that reconstructs activations well (low FVU) can still fail to carry a direction, so every
 //! transfer comes with a [`Fidelity`] report: cosine to the target's native vector computed from the same
@@ -469,4 +472,75 @@ impl Fidelity {
         }
         s
     }
+}
+
+/// For a trigger read by two tokenizers, which source trigger token each target trigger token takes its
+/// vector row from: the source token whose character span covers the target token's last character (the
+/// pairing the store's `CharEnd` alignment makes at token ends). `prompt` gives the context the trigger
+/// appears in (its first occurrence is used). Returns one source index (into the source's trigger tokens)
+/// per target trigger token.
+pub fn trigger_alignment(
+    source: &rosetta_model_hooks::Tokenizer,
+    target: &rosetta_model_hooks::Tokenizer,
+    prompt: &crate::Prompt,
+    trigger: &str,
+) -> Result<Vec<usize>> {
+    let s = crate::EncodedPrompt::new(source, prompt)?;
+    let t = crate::EncodedPrompt::new(target, prompt)?;
+    // Both encodings locate the trigger in their own rendered text; work relative to the trigger's start.
+    let start_of = |e: &crate::EncodedPrompt| -> Result<usize> {
+        let byte = e
+            .text
+            .find(trigger)
+            .ok_or_else(|| SteeringError::invalid(format!("{trigger:?} does not occur in the prompt")))?;
+        Ok(e.text[..byte].chars().count())
+    };
+    let (s0, t0) = (start_of(&s)?, start_of(&t)?);
+    let s_tokens = s.matching(trigger)?.remove(0);
+    let t_tokens = t.matching(trigger)?.remove(0);
+    let len = trigger.chars().count();
+    t_tokens
+        .iter()
+        .map(|&ti| {
+            let (_, te) = t.offsets[ti];
+            // The target token's last character inside the trigger, relative to the trigger's start.
+            let last = (te.saturating_sub(t0)).clamp(1, len) - 1;
+            s_tokens
+                .iter()
+                .position(|&si| {
+                    let (ss, se) = s.offsets[si];
+                    let (ss, se) = (ss.saturating_sub(s0), se.saturating_sub(s0));
+                    ss <= last && last < se
+                })
+                .ok_or_else(|| {
+                    SteeringError::invalid(format!(
+                        "no source token of {trigger:?} covers character {last}"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// A per-position vector (`[k, d]`) re-indexed row by row: row `j` of the result is row `rows[j]` of the
+/// entry at `point` (e.g. with [`trigger_alignment`] before transferring into a model whose tokenizer cuts
+/// the trigger differently).
+pub fn reindex_rows(vector: &SteeringVector, point: HookPoint, rows: &[usize]) -> Result<SteeringVector> {
+    let e = vector.entry(point).ok_or_else(|| {
+        SteeringError::invalid(format!("the vector has no entry at {point}"))
+    })?;
+    if !e.per_position() {
+        return Err(SteeringError::invalid(format!(
+            "the entry at {point} is one [d] direction, not one row per token"
+        )));
+    }
+    let k = e.direction.size()[0] as usize;
+    if let Some(bad) = rows.iter().find(|&&r| r >= k) {
+        return Err(SteeringError::invalid(format!(
+            "row {bad} asked of a vector with {k} rows"
+        )));
+    }
+    let idx = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
+    let mut out = vector.at(point)?;
+    out.entries[0] = VectorEntry::new(point, &e.direction.f_index_select(0, &idx)?, e.scale)?;
+    Ok(out)
 }
