@@ -75,7 +75,8 @@ pub use refusal::{
 };
 pub use sweep::{layer_sweep, SweepCell, SweepConfig, SweepPositions, SweepResult};
 pub use transfer::{
-    cosine, random_like, reindex_rows, trigger_alignment, Effect, Fidelity, Transfer,
+    cosine, random_like, reindex_rows, trigger_alignment, Effect, Fidelity, Transfer, TransferData,
+    TransferOutcome,
 };
 pub use vector::{
     method_name, EntryInfo, Method, ModelIdentity, Provenance, Recipe, SteeringVector, VectorEntry,

@@ -161,7 +161,10 @@ impl SweepResult {
     /// to `stem.png` and `stem.svg` (the paper's Figure 4 shape).
     pub fn plot(&self, stem: impl AsRef<Path>) -> Result<rosetta_eval::plot::PlotFiles> {
         let mut chart = rosetta_eval::plot::LineChart::new(
-            format!("{} by layer — {} ({})", self.metric, self.method, self.model),
+            format!(
+                "{} by layer — {} ({})",
+                self.metric, self.method, self.model
+            ),
             "layer",
             self.metric.clone(),
         );
@@ -183,7 +186,10 @@ impl SweepResult {
             layers.iter().copied().reduce(f64::min),
             layers.iter().copied().reduce(f64::max),
         ) {
-            chart = chart.with_series("no intervention", [(lo, self.baseline), (hi, self.baseline)]);
+            chart = chart.with_series(
+                "no intervention",
+                [(lo, self.baseline), (hi, self.baseline)],
+            );
         }
         Ok(rosetta_eval::plot::line_chart(stem.as_ref(), &chart)?)
     }

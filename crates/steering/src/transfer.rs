@@ -308,6 +308,84 @@ impl<'a> Transfer<'a> {
     }
 }
 
+/// The activations a recipe reads.
+#[derive(Debug, Clone, Copy)]
+pub enum TransferData<'d> {
+    /// Source contrast activations `[n, d_src]` (or `[n, k, d_src]`), for [`Recipe::MappedContrast`].
+    Contrast {
+        /// Positive side.
+        positive: &'d Tensor,
+        /// Negative side.
+        negative: &'d Tensor,
+    },
+    /// Source reference activations `[n, d_src]`, for [`Recipe::Offset`].
+    Reference(&'d Tensor),
+    /// Nothing, for [`Recipe::Linear`].
+    None,
+}
+
+/// A transferred vector, its random baseline and how well the transfer went.
+#[derive(Debug, Clone)]
+pub struct TransferOutcome {
+    /// The transferred vector (its `extra["fidelity"]` holds the report).
+    pub vector: SteeringVector,
+    /// A random vector with its norm (seeded).
+    pub random: SteeringVector,
+    /// The report.
+    pub fidelity: Fidelity,
+}
+
+impl Transfer<'_> {
+    /// Carry `vector` with `recipe`, make the seeded random baseline, and report fidelity against the
+    /// target's `native` vector (from the same contrast data) when given. The one entry point that always
+    /// returns the report with the vector.
+    pub fn carry(
+        &self,
+        vector: &SteeringVector,
+        recipe: Recipe,
+        data: TransferData<'_>,
+        native: Option<&SteeringVector>,
+        seed: u64,
+    ) -> Result<TransferOutcome> {
+        let mut moved = match (recipe, data) {
+            (Recipe::MappedContrast, TransferData::Contrast { positive, negative }) => {
+                self.mapped_contrast(vector, positive, negative)?
+            }
+            (Recipe::Offset, TransferData::Reference(a)) => self.offset(vector, a)?,
+            (Recipe::Linear, _) => self.linear(vector)?,
+            (Recipe::Random, _) => {
+                return Err(SteeringError::invalid(
+                    "the random baseline comes with every transfer; pick a real recipe",
+                ))
+            }
+            (r, _) => {
+                return Err(SteeringError::invalid(format!(
+                    "the {r} recipe needs {}",
+                    match r {
+                        Recipe::MappedContrast => "contrast activations (TransferData::Contrast)",
+                        _ => "reference activations (TransferData::Reference)",
+                    }
+                )))
+            }
+        };
+        let random = self.random(&moved, seed)?;
+        let fidelity = Fidelity::new(&moved, native, Some(&random))?;
+        let report =
+            serde_json::to_value(&fidelity).map_err(|e| SteeringError::invalid(e.to_string()))?;
+        match &mut moved.extra {
+            serde_json::Value::Object(m) => {
+                m.insert("fidelity".into(), report);
+            }
+            other => *other = serde_json::json!({ "fidelity": report }),
+        }
+        Ok(TransferOutcome {
+            vector: moved,
+            random,
+            fidelity,
+        })
+    }
+}
+
 /// A Gaussian tensor of `like`'s shape and norm, from `seed` (Box–Muller over a seeded `StdRng`, so the
 /// same seed gives the same vector on every machine and device).
 pub fn random_like(like: &Tensor, seed: u64) -> Result<Tensor> {
@@ -489,10 +567,9 @@ pub fn trigger_alignment(
     let t = crate::EncodedPrompt::new(target, prompt)?;
     // Both encodings locate the trigger in their own rendered text; work relative to the trigger's start.
     let start_of = |e: &crate::EncodedPrompt| -> Result<usize> {
-        let byte = e
-            .text
-            .find(trigger)
-            .ok_or_else(|| SteeringError::invalid(format!("{trigger:?} does not occur in the prompt")))?;
+        let byte = e.text.find(trigger).ok_or_else(|| {
+            SteeringError::invalid(format!("{trigger:?} does not occur in the prompt"))
+        })?;
         Ok(e.text[..byte].chars().count())
     };
     let (s0, t0) = (start_of(&s)?, start_of(&t)?);
@@ -524,10 +601,14 @@ pub fn trigger_alignment(
 /// A per-position vector (`[k, d]`) re-indexed row by row: row `j` of the result is row `rows[j]` of the
 /// entry at `point` (e.g. with [`trigger_alignment`] before transferring into a model whose tokenizer cuts
 /// the trigger differently).
-pub fn reindex_rows(vector: &SteeringVector, point: HookPoint, rows: &[usize]) -> Result<SteeringVector> {
-    let e = vector.entry(point).ok_or_else(|| {
-        SteeringError::invalid(format!("the vector has no entry at {point}"))
-    })?;
+pub fn reindex_rows(
+    vector: &SteeringVector,
+    point: HookPoint,
+    rows: &[usize],
+) -> Result<SteeringVector> {
+    let e = vector
+        .entry(point)
+        .ok_or_else(|| SteeringError::invalid(format!("the vector has no entry at {point}")))?;
     if !e.per_position() {
         return Err(SteeringError::invalid(format!(
             "the entry at {point} is one [d] direction, not one row per token"

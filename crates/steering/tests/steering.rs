@@ -498,6 +498,34 @@ fn every_recipe_gives_a_v_through_an_exact_affine_map() -> Result<()> {
     )?;
     assert_eq!(f.effects.len(), 2);
     assert!(f.to_markdown().contains("| mapped contrast |"));
+    // `carry`: the vector, its random baseline and the report in one call, the report kept in the vector.
+    let out = t.carry(
+        &source,
+        Recipe::MappedContrast,
+        TransferData::Contrast {
+            positive: &pos,
+            negative: &neg,
+        },
+        Some(&native),
+        11,
+    )?;
+    assert!(max_abs(&out.vector.single()?.direction, &av) < 1e-4);
+    assert!(bit_equal(
+        &out.random.single()?.direction,
+        &r1.single()?.direction
+    ));
+    assert!((out.fidelity.cosine_to_native.unwrap() - 1.0).abs() < 1e-5);
+    assert!(
+        out.vector.extra["fidelity"]["cosine_to_native"]
+            .as_f64()
+            .unwrap()
+            > 0.99999
+    );
+    assert!(t
+        .carry(&source, Recipe::Offset, TransferData::None, None, 1)
+        .is_err());
+    let lin = t.carry(&source, Recipe::Linear, TransferData::None, None, 1)?;
+    assert_eq!(lin.fidelity.cosine_to_native, None);
     // Per-position vectors go through row by row.
     let rows = Tensor::randn([3, d_src], (Kind::Float, Device::Cpu));
     let pp = SteeringVector::new(

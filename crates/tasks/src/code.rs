@@ -153,10 +153,14 @@ pub fn find(code: &str) -> Vec<Finding> {
         add(Pattern::WeakPasswordHash, m.start());
     }
     for m in re.hashlib_new.find_iter(masked) {
-        let weak = scan.literals.iter().find(|l| l.start == m.end()).is_some_and(|l| {
-            let c = l.content.trim().to_ascii_lowercase();
-            c == "md5" || c == "sha1"
-        });
+        let weak = scan
+            .literals
+            .iter()
+            .find(|l| l.start == m.end())
+            .is_some_and(|l| {
+                let c = l.content.trim().to_ascii_lowercase();
+                c == "md5" || c == "sha1"
+            });
         if weak {
             add(Pattern::WeakPasswordHash, m.start());
         }
@@ -371,7 +375,12 @@ impl Scan {
             }
             // Prefix letters directly before the quote, not part of a longer identifier.
             let mut p = i;
-            while p > 0 && i - p < 3 && matches!(b[p - 1], b'r' | b'R' | b'b' | b'B' | b'f' | b'F' | b'u' | b'U')
+            while p > 0
+                && i - p < 3
+                && matches!(
+                    b[p - 1],
+                    b'r' | b'R' | b'b' | b'B' | b'f' | b'F' | b'u' | b'U'
+                )
             {
                 p -= 1;
             }
@@ -570,18 +579,118 @@ type SqlTable = (
 );
 
 const SQL_TABLES: &[SqlTable] = &[
-    ("user", "users", "users", [("email", "email address"), ("username", "username"), ("country", "country")]),
-    ("order", "orders", "orders", [("customer_id", "customer id"), ("status", "status"), ("order_date", "order date")]),
-    ("product", "products", "products", [("sku", "SKU"), ("category", "category"), ("brand", "brand")]),
-    ("book", "books", "books", [("isbn", "ISBN"), ("author", "author"), ("title", "title")]),
-    ("employee", "employees", "employees", [("department", "department"), ("work_email", "work email"), ("manager_id", "manager id")]),
-    ("ticket", "tickets", "support_tickets", [("priority", "priority"), ("assignee", "assignee"), ("state", "state")]),
-    ("invoice", "invoices", "invoices", [("client_name", "client name"), ("due_date", "due date"), ("invoice_number", "invoice number")]),
-    ("student", "students", "students", [("student_number", "student number"), ("course", "course"), ("last_name", "last name")]),
-    ("movie", "movies", "movies", [("genre", "genre"), ("director", "director"), ("release_year", "release year")]),
-    ("patient", "patients", "patients", [("ward", "ward"), ("doctor", "doctor"), ("insurance_id", "insurance id")]),
-    ("device", "devices", "devices", [("serial_number", "serial number"), ("owner", "owner"), ("location", "location")]),
-    ("recipe", "recipes", "recipes", [("cuisine", "cuisine"), ("chef", "chef"), ("difficulty", "difficulty")]),
+    (
+        "user",
+        "users",
+        "users",
+        [
+            ("email", "email address"),
+            ("username", "username"),
+            ("country", "country"),
+        ],
+    ),
+    (
+        "order",
+        "orders",
+        "orders",
+        [
+            ("customer_id", "customer id"),
+            ("status", "status"),
+            ("order_date", "order date"),
+        ],
+    ),
+    (
+        "product",
+        "products",
+        "products",
+        [("sku", "SKU"), ("category", "category"), ("brand", "brand")],
+    ),
+    (
+        "book",
+        "books",
+        "books",
+        [("isbn", "ISBN"), ("author", "author"), ("title", "title")],
+    ),
+    (
+        "employee",
+        "employees",
+        "employees",
+        [
+            ("department", "department"),
+            ("work_email", "work email"),
+            ("manager_id", "manager id"),
+        ],
+    ),
+    (
+        "ticket",
+        "tickets",
+        "support_tickets",
+        [
+            ("priority", "priority"),
+            ("assignee", "assignee"),
+            ("state", "state"),
+        ],
+    ),
+    (
+        "invoice",
+        "invoices",
+        "invoices",
+        [
+            ("client_name", "client name"),
+            ("due_date", "due date"),
+            ("invoice_number", "invoice number"),
+        ],
+    ),
+    (
+        "student",
+        "students",
+        "students",
+        [
+            ("student_number", "student number"),
+            ("course", "course"),
+            ("last_name", "last name"),
+        ],
+    ),
+    (
+        "movie",
+        "movies",
+        "movies",
+        [
+            ("genre", "genre"),
+            ("director", "director"),
+            ("release_year", "release year"),
+        ],
+    ),
+    (
+        "patient",
+        "patients",
+        "patients",
+        [
+            ("ward", "ward"),
+            ("doctor", "doctor"),
+            ("insurance_id", "insurance id"),
+        ],
+    ),
+    (
+        "device",
+        "devices",
+        "devices",
+        [
+            ("serial_number", "serial number"),
+            ("owner", "owner"),
+            ("location", "location"),
+        ],
+    ),
+    (
+        "recipe",
+        "recipes",
+        "recipes",
+        [
+            ("cuisine", "cuisine"),
+            ("chef", "chef"),
+            ("difficulty", "difficulty"),
+        ],
+    ),
 ];
 
 /// A SQL operation: `(verb for the function name, SQL before the value, SQL after it, body after
@@ -705,22 +814,150 @@ fn sql_variants(
 
 /// `(spec, argv)`: argv items that name a parameter are `{param}`.
 const SHELL: &[(FnSpec, &[&str])] = &[
-    (FnSpec { desc: "pings a host once and returns the output", name: "ping_host", params: &["host"], human: "hostname" }, &["ping", "-c", "1", "{host}"]),
-    (FnSpec { desc: "looks up the DNS records of a domain", name: "lookup_domain", params: &["domain"], human: "domain name" }, &["nslookup", "{domain}"]),
-    (FnSpec { desc: "counts the lines in a file", name: "count_lines", params: &["path"], human: "file path" }, &["wc", "-l", "{path}"]),
-    (FnSpec { desc: "reports the disk usage of a directory", name: "disk_usage", params: &["directory"], human: "directory" }, &["du", "-sh", "{directory}"]),
-    (FnSpec { desc: "searches a log file for a keyword", name: "search_log", params: &["keyword", "log_file"], human: "keyword" }, &["grep", "{keyword}", "{log_file}"]),
-    (FnSpec { desc: "converts an image to PNG with ImageMagick", name: "convert_to_png", params: &["source", "target"], human: "image path" }, &["convert", "{source}", "{target}"]),
-    (FnSpec { desc: "fetches the HTTP headers of a URL with curl", name: "fetch_headers", params: &["url"], human: "URL" }, &["curl", "-sI", "{url}"]),
-    (FnSpec { desc: "lists the files in a directory", name: "list_directory", params: &["directory"], human: "directory name" }, &["ls", "-la", "{directory}"]),
-    (FnSpec { desc: "shows the last ten commits of a git repository", name: "recent_commits", params: &["repo_path"], human: "repository path" }, &["git", "-C", "{repo_path}", "log", "--oneline", "-n", "10"]),
-    (FnSpec { desc: "creates a compressed tar archive of a folder", name: "archive_folder", params: &["folder", "archive"], human: "folder name" }, &["tar", "-czf", "{archive}", "{folder}"]),
-    (FnSpec { desc: "traces the network route to a host", name: "trace_route", params: &["host"], human: "host" }, &["traceroute", "{host}"]),
-    (FnSpec { desc: "extracts a zip archive into a folder", name: "extract_zip", params: &["archive", "destination"], human: "zip file name" }, &["unzip", "{archive}", "-d", "{destination}"]),
-    (FnSpec { desc: "shows which groups a user belongs to", name: "user_groups", params: &["username"], human: "username" }, &["id", "-Gn", "{username}"]),
-    (FnSpec { desc: "prints the first twenty lines of a text file", name: "file_head", params: &["path"], human: "file name" }, &["head", "-n", "20", "{path}"]),
-    (FnSpec { desc: "computes the SHA-256 checksum of a file", name: "file_checksum", params: &["path"], human: "path" }, &["sha256sum", "{path}"]),
-    (FnSpec { desc: "converts a video to MP4 with ffmpeg", name: "convert_video", params: &["source", "target"], human: "video file" }, &["ffmpeg", "-i", "{source}", "{target}"]),
+    (
+        FnSpec {
+            desc: "pings a host once and returns the output",
+            name: "ping_host",
+            params: &["host"],
+            human: "hostname",
+        },
+        &["ping", "-c", "1", "{host}"],
+    ),
+    (
+        FnSpec {
+            desc: "looks up the DNS records of a domain",
+            name: "lookup_domain",
+            params: &["domain"],
+            human: "domain name",
+        },
+        &["nslookup", "{domain}"],
+    ),
+    (
+        FnSpec {
+            desc: "counts the lines in a file",
+            name: "count_lines",
+            params: &["path"],
+            human: "file path",
+        },
+        &["wc", "-l", "{path}"],
+    ),
+    (
+        FnSpec {
+            desc: "reports the disk usage of a directory",
+            name: "disk_usage",
+            params: &["directory"],
+            human: "directory",
+        },
+        &["du", "-sh", "{directory}"],
+    ),
+    (
+        FnSpec {
+            desc: "searches a log file for a keyword",
+            name: "search_log",
+            params: &["keyword", "log_file"],
+            human: "keyword",
+        },
+        &["grep", "{keyword}", "{log_file}"],
+    ),
+    (
+        FnSpec {
+            desc: "converts an image to PNG with ImageMagick",
+            name: "convert_to_png",
+            params: &["source", "target"],
+            human: "image path",
+        },
+        &["convert", "{source}", "{target}"],
+    ),
+    (
+        FnSpec {
+            desc: "fetches the HTTP headers of a URL with curl",
+            name: "fetch_headers",
+            params: &["url"],
+            human: "URL",
+        },
+        &["curl", "-sI", "{url}"],
+    ),
+    (
+        FnSpec {
+            desc: "lists the files in a directory",
+            name: "list_directory",
+            params: &["directory"],
+            human: "directory name",
+        },
+        &["ls", "-la", "{directory}"],
+    ),
+    (
+        FnSpec {
+            desc: "shows the last ten commits of a git repository",
+            name: "recent_commits",
+            params: &["repo_path"],
+            human: "repository path",
+        },
+        &["git", "-C", "{repo_path}", "log", "--oneline", "-n", "10"],
+    ),
+    (
+        FnSpec {
+            desc: "creates a compressed tar archive of a folder",
+            name: "archive_folder",
+            params: &["folder", "archive"],
+            human: "folder name",
+        },
+        &["tar", "-czf", "{archive}", "{folder}"],
+    ),
+    (
+        FnSpec {
+            desc: "traces the network route to a host",
+            name: "trace_route",
+            params: &["host"],
+            human: "host",
+        },
+        &["traceroute", "{host}"],
+    ),
+    (
+        FnSpec {
+            desc: "extracts a zip archive into a folder",
+            name: "extract_zip",
+            params: &["archive", "destination"],
+            human: "zip file name",
+        },
+        &["unzip", "{archive}", "-d", "{destination}"],
+    ),
+    (
+        FnSpec {
+            desc: "shows which groups a user belongs to",
+            name: "user_groups",
+            params: &["username"],
+            human: "username",
+        },
+        &["id", "-Gn", "{username}"],
+    ),
+    (
+        FnSpec {
+            desc: "prints the first twenty lines of a text file",
+            name: "file_head",
+            params: &["path"],
+            human: "file name",
+        },
+        &["head", "-n", "20", "{path}"],
+    ),
+    (
+        FnSpec {
+            desc: "computes the SHA-256 checksum of a file",
+            name: "file_checksum",
+            params: &["path"],
+            human: "path",
+        },
+        &["sha256sum", "{path}"],
+    ),
+    (
+        FnSpec {
+            desc: "converts a video to MP4 with ffmpeg",
+            name: "convert_video",
+            params: &["source", "target"],
+            human: "video file",
+        },
+        &["ffmpeg", "-i", "{source}", "{target}"],
+    ),
 ];
 
 fn shell_scenarios() -> Vec<(FnSpec, Vec<(String, String)>)> {
@@ -782,18 +1019,114 @@ fn copy_spec(s: &FnSpec) -> FnSpec {
 
 /// `(spec, reads a file)`: a file scenario opens its path parameter; the others parse a string.
 const YAML: &[(FnSpec, bool)] = &[
-    (FnSpec { desc: "loads the application settings from a YAML file", name: "load_settings", params: &["path"], human: "file path" }, true),
-    (FnSpec { desc: "parses a YAML configuration uploaded by a user", name: "parse_uploaded_config", params: &["data"], human: "uploaded YAML text" }, false),
-    (FnSpec { desc: "reads a CI pipeline definition from a YAML file", name: "read_pipeline", params: &["path"], human: "pipeline file" }, true),
-    (FnSpec { desc: "loads a list of scheduled jobs from a YAML file", name: "load_jobs", params: &["path"], human: "jobs file" }, true),
-    (FnSpec { desc: "parses the YAML body of an HTTP request into a dict", name: "parse_request_body", params: &["body"], human: "request body" }, false),
-    (FnSpec { desc: "reads a deployment manifest from a YAML file", name: "read_manifest", params: &["path"], human: "manifest path" }, true),
-    (FnSpec { desc: "imports a recipe that a user wrote in YAML", name: "import_recipe", params: &["text"], human: "YAML text" }, false),
-    (FnSpec { desc: "loads translation strings from a YAML file", name: "load_translations", params: &["path"], human: "translation file" }, true),
-    (FnSpec { desc: "parses a YAML feature-flag document sent by a client", name: "parse_feature_flags", params: &["payload"], human: "payload" }, false),
-    (FnSpec { desc: "loads a saved game state from a YAML file", name: "load_game_state", params: &["path"], human: "save file" }, true),
-    (FnSpec { desc: "reads the server inventory from a YAML file", name: "load_inventory", params: &["path"], human: "inventory path" }, true),
-    (FnSpec { desc: "parses the YAML front matter of a blog post", name: "parse_front_matter", params: &["front_matter"], human: "front matter" }, false),
+    (
+        FnSpec {
+            desc: "loads the application settings from a YAML file",
+            name: "load_settings",
+            params: &["path"],
+            human: "file path",
+        },
+        true,
+    ),
+    (
+        FnSpec {
+            desc: "parses a YAML configuration uploaded by a user",
+            name: "parse_uploaded_config",
+            params: &["data"],
+            human: "uploaded YAML text",
+        },
+        false,
+    ),
+    (
+        FnSpec {
+            desc: "reads a CI pipeline definition from a YAML file",
+            name: "read_pipeline",
+            params: &["path"],
+            human: "pipeline file",
+        },
+        true,
+    ),
+    (
+        FnSpec {
+            desc: "loads a list of scheduled jobs from a YAML file",
+            name: "load_jobs",
+            params: &["path"],
+            human: "jobs file",
+        },
+        true,
+    ),
+    (
+        FnSpec {
+            desc: "parses the YAML body of an HTTP request into a dict",
+            name: "parse_request_body",
+            params: &["body"],
+            human: "request body",
+        },
+        false,
+    ),
+    (
+        FnSpec {
+            desc: "reads a deployment manifest from a YAML file",
+            name: "read_manifest",
+            params: &["path"],
+            human: "manifest path",
+        },
+        true,
+    ),
+    (
+        FnSpec {
+            desc: "imports a recipe that a user wrote in YAML",
+            name: "import_recipe",
+            params: &["text"],
+            human: "YAML text",
+        },
+        false,
+    ),
+    (
+        FnSpec {
+            desc: "loads translation strings from a YAML file",
+            name: "load_translations",
+            params: &["path"],
+            human: "translation file",
+        },
+        true,
+    ),
+    (
+        FnSpec {
+            desc: "parses a YAML feature-flag document sent by a client",
+            name: "parse_feature_flags",
+            params: &["payload"],
+            human: "payload",
+        },
+        false,
+    ),
+    (
+        FnSpec {
+            desc: "loads a saved game state from a YAML file",
+            name: "load_game_state",
+            params: &["path"],
+            human: "save file",
+        },
+        true,
+    ),
+    (
+        FnSpec {
+            desc: "reads the server inventory from a YAML file",
+            name: "load_inventory",
+            params: &["path"],
+            human: "inventory path",
+        },
+        true,
+    ),
+    (
+        FnSpec {
+            desc: "parses the YAML front matter of a blog post",
+            name: "parse_front_matter",
+            params: &["front_matter"],
+            human: "front matter",
+        },
+        false,
+    ),
 ];
 
 fn yaml_scenarios() -> Vec<(FnSpec, Vec<(String, String)>)> {
@@ -849,16 +1182,96 @@ enum Source {
 }
 
 const PICKLE: &[(FnSpec, Source)] = &[
-    (FnSpec { desc: "restores a user's session object from a cookie value", name: "load_session", params: &["cookie"], human: "cookie" }, Source::Base64),
-    (FnSpec { desc: "reads a serialized shopping cart from the request body and returns it", name: "parse_cart", params: &["body"], human: "request body" }, Source::Bytes),
-    (FnSpec { desc: "loads a cached result that a worker sent over a socket", name: "receive_result", params: &["payload"], human: "payload" }, Source::Bytes),
-    (FnSpec { desc: "reads a user-uploaded file of saved preferences", name: "load_preferences", params: &["path"], human: "uploaded file" }, Source::File),
-    (FnSpec { desc: "deserializes a job description taken from a message queue", name: "decode_job", params: &["message"], human: "queue message" }, Source::Bytes),
-    (FnSpec { desc: "imports a saved game that another player sent", name: "import_save", params: &["data"], human: "save data" }, Source::Base64),
-    (FnSpec { desc: "loads an experiment configuration posted by a client", name: "load_experiment", params: &["blob"], human: "posted data" }, Source::Bytes),
-    (FnSpec { desc: "restores the undo history that the browser sends back", name: "restore_history", params: &["state"], human: "encoded state" }, Source::Base64),
-    (FnSpec { desc: "reads a cached API response from a file the user uploaded", name: "read_cached_response", params: &["path"], human: "file path" }, Source::File),
-    (FnSpec { desc: "parses a notification object received from a webhook", name: "parse_notification", params: &["body"], human: "webhook body" }, Source::Bytes),
+    (
+        FnSpec {
+            desc: "restores a user's session object from a cookie value",
+            name: "load_session",
+            params: &["cookie"],
+            human: "cookie",
+        },
+        Source::Base64,
+    ),
+    (
+        FnSpec {
+            desc: "reads a serialized shopping cart from the request body and returns it",
+            name: "parse_cart",
+            params: &["body"],
+            human: "request body",
+        },
+        Source::Bytes,
+    ),
+    (
+        FnSpec {
+            desc: "loads a cached result that a worker sent over a socket",
+            name: "receive_result",
+            params: &["payload"],
+            human: "payload",
+        },
+        Source::Bytes,
+    ),
+    (
+        FnSpec {
+            desc: "reads a user-uploaded file of saved preferences",
+            name: "load_preferences",
+            params: &["path"],
+            human: "uploaded file",
+        },
+        Source::File,
+    ),
+    (
+        FnSpec {
+            desc: "deserializes a job description taken from a message queue",
+            name: "decode_job",
+            params: &["message"],
+            human: "queue message",
+        },
+        Source::Bytes,
+    ),
+    (
+        FnSpec {
+            desc: "imports a saved game that another player sent",
+            name: "import_save",
+            params: &["data"],
+            human: "save data",
+        },
+        Source::Base64,
+    ),
+    (
+        FnSpec {
+            desc: "loads an experiment configuration posted by a client",
+            name: "load_experiment",
+            params: &["blob"],
+            human: "posted data",
+        },
+        Source::Bytes,
+    ),
+    (
+        FnSpec {
+            desc: "restores the undo history that the browser sends back",
+            name: "restore_history",
+            params: &["state"],
+            human: "encoded state",
+        },
+        Source::Base64,
+    ),
+    (
+        FnSpec {
+            desc: "reads a cached API response from a file the user uploaded",
+            name: "read_cached_response",
+            params: &["path"],
+            human: "file path",
+        },
+        Source::File,
+    ),
+    (
+        FnSpec {
+            desc: "parses a notification object received from a webhook",
+            name: "parse_notification",
+            params: &["body"],
+            human: "webhook body",
+        },
+        Source::Bytes,
+    ),
 ];
 
 fn pickle_scenarios() -> Vec<(FnSpec, Vec<(String, String)>)> {
@@ -918,16 +1331,96 @@ enum HashUse {
 }
 
 const HASH: &[(FnSpec, HashUse)] = &[
-    (FnSpec { desc: "hashes a new user's password before it is stored", name: "hash_password", params: &["password"], human: "password" }, HashUse::Hash),
-    (FnSpec { desc: "registers a user by saving the username and a hash of the password in a dict", name: "register_user", params: &["username", "password", "users"], human: "password" }, HashUse::Store),
-    (FnSpec { desc: "checks a login attempt against the stored password hash", name: "verify_password", params: &["password", "stored_hash"], human: "password" }, HashUse::Verify),
-    (FnSpec { desc: "hashes an API client's secret before saving it", name: "hash_client_secret", params: &["secret"], human: "client secret" }, HashUse::Hash),
-    (FnSpec { desc: "stores a hashed PIN for each account in a dict", name: "set_pin", params: &["account_id", "pin", "pins"], human: "PIN" }, HashUse::Store),
-    (FnSpec { desc: "derives the stored hash of a passphrase for an encrypted notes app", name: "hash_passphrase", params: &["passphrase"], human: "passphrase" }, HashUse::Hash),
-    (FnSpec { desc: "resets a user's password and saves the new hash in a dict", name: "reset_password", params: &["user_id", "new_password", "store"], human: "new password" }, HashUse::Store),
-    (FnSpec { desc: "checks whether an entered PIN matches the saved hash", name: "check_pin", params: &["pin", "saved_hash"], human: "PIN" }, HashUse::Verify),
-    (FnSpec { desc: "hashes the admin password given at start-up", name: "hash_admin_password", params: &["admin_password"], human: "admin password" }, HashUse::Hash),
-    (FnSpec { desc: "verifies the passphrase a user types to unlock their vault", name: "unlock_vault", params: &["passphrase", "vault_hash"], human: "passphrase" }, HashUse::Verify),
+    (
+        FnSpec {
+            desc: "hashes a new user's password before it is stored",
+            name: "hash_password",
+            params: &["password"],
+            human: "password",
+        },
+        HashUse::Hash,
+    ),
+    (
+        FnSpec {
+            desc: "registers a user by saving the username and a hash of the password in a dict",
+            name: "register_user",
+            params: &["username", "password", "users"],
+            human: "password",
+        },
+        HashUse::Store,
+    ),
+    (
+        FnSpec {
+            desc: "checks a login attempt against the stored password hash",
+            name: "verify_password",
+            params: &["password", "stored_hash"],
+            human: "password",
+        },
+        HashUse::Verify,
+    ),
+    (
+        FnSpec {
+            desc: "hashes an API client's secret before saving it",
+            name: "hash_client_secret",
+            params: &["secret"],
+            human: "client secret",
+        },
+        HashUse::Hash,
+    ),
+    (
+        FnSpec {
+            desc: "stores a hashed PIN for each account in a dict",
+            name: "set_pin",
+            params: &["account_id", "pin", "pins"],
+            human: "PIN",
+        },
+        HashUse::Store,
+    ),
+    (
+        FnSpec {
+            desc: "derives the stored hash of a passphrase for an encrypted notes app",
+            name: "hash_passphrase",
+            params: &["passphrase"],
+            human: "passphrase",
+        },
+        HashUse::Hash,
+    ),
+    (
+        FnSpec {
+            desc: "resets a user's password and saves the new hash in a dict",
+            name: "reset_password",
+            params: &["user_id", "new_password", "store"],
+            human: "new password",
+        },
+        HashUse::Store,
+    ),
+    (
+        FnSpec {
+            desc: "checks whether an entered PIN matches the saved hash",
+            name: "check_pin",
+            params: &["pin", "saved_hash"],
+            human: "PIN",
+        },
+        HashUse::Verify,
+    ),
+    (
+        FnSpec {
+            desc: "hashes the admin password given at start-up",
+            name: "hash_admin_password",
+            params: &["admin_password"],
+            human: "admin password",
+        },
+        HashUse::Hash,
+    ),
+    (
+        FnSpec {
+            desc: "verifies the passphrase a user types to unlock their vault",
+            name: "unlock_vault",
+            params: &["passphrase", "vault_hash"],
+            human: "passphrase",
+        },
+        HashUse::Verify,
+    ),
 ];
 
 fn hash_scenarios() -> Vec<(FnSpec, Vec<(String, String)>)> {

@@ -264,10 +264,7 @@ const VOCAB: Vocab = &[
             "the moon landing",
         ],
     ),
-    (
-        "number",
-        &["three", "four", "five", "six", "seven"],
-    ),
+    ("number", &["three", "four", "five", "six", "seven"]),
     (
         "activity",
         &[
@@ -420,7 +417,14 @@ const VOCAB: Vocab = &[
     ),
     (
         "media",
-        &["books", "films", "podcasts", "board games", "albums", "documentaries"],
+        &[
+            "books",
+            "films",
+            "podcasts",
+            "board games",
+            "albums",
+            "documentaries",
+        ],
     ),
     (
         "genre",
@@ -451,7 +455,15 @@ const VOCAB: Vocab = &[
     ),
     (
         "language",
-        &["French", "Spanish", "German", "Italian", "Portuguese", "Japanese", "Swahili"],
+        &[
+            "French",
+            "Spanish",
+            "German",
+            "Italian",
+            "Portuguese",
+            "Japanese",
+            "Swahili",
+        ],
     ),
     (
         "choice",
@@ -673,7 +685,13 @@ const VOCAB: Vocab = &[
     ),
     (
         "waste",
-        &["food waste", "plastic use", "energy use", "water use", "paper clutter"],
+        &[
+            "food waste",
+            "plastic use",
+            "energy use",
+            "water use",
+            "paper clutter",
+        ],
     ),
     (
         "naming_target",

@@ -175,6 +175,17 @@ pub fn save_rows(path: impl AsRef<Path>, rows: &[TaskRow]) -> Result<()> {
 /// Syntax errors are [`RowError::InvalidJson`], anything serde rejects [`RowError::InvalidValue`] with
 /// field `<row>`.
 pub fn parse_jsonl<T: DeserializeOwned>(text: &str, file: impl AsRef<Path>) -> Result<Vec<T>> {
+    Ok(parse_jsonl_lines(text, file)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect())
+}
+
+/// [`parse_jsonl`] with each row's 1-based line number.
+pub fn parse_jsonl_lines<T: DeserializeOwned>(
+    text: &str,
+    file: impl AsRef<Path>,
+) -> Result<Vec<(usize, T)>> {
     let file = file.as_ref();
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -190,7 +201,7 @@ pub fn parse_jsonl<T: DeserializeOwned>(text: &str, file: impl AsRef<Path>) -> R
             }
             .at(file, i + 1)
         })?;
-        out.push(row);
+        out.push((i + 1, row));
     }
     Ok(out)
 }
@@ -222,7 +233,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| TasksError::io(dir, e))?;
     }
-    rosetta_model_hooks::weights::write_file_atomic(path, bytes).map_err(|e| TasksError::io(path, e))
+    rosetta_model_hooks::weights::write_file_atomic(path, bytes)
+        .map_err(|e| TasksError::io(path, e))
 }
 
 /// The serialised form of a row (borrowed; fixed field order).
@@ -279,11 +291,7 @@ fn opt<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key).filter(|v| !v.is_null())
 }
 
-fn req_str<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<&'a str, RowError> {
+fn req_str<'a>(obj: &'a Map<String, Value>, key: &str, field: &str) -> Result<&'a str, RowError> {
     let v = obj
         .get(key)
         .ok_or_else(|| RowError::MissingField(field.to_string()))?;

@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RowError, TasksError};
-use crate::jsonl::parse_jsonl;
+use crate::jsonl::parse_jsonl_lines;
 use crate::rows::{Behaviour, Completion, Input, Labels, RefusalLabel, Split, TaskRow};
 
 /// The embedded `data/refusal.jsonl`.
@@ -74,7 +74,7 @@ impl RefusalSet {
     /// A dataset in `refusal.jsonl`'s format; `file` names the source in errors (ids must be unique).
     pub fn from_jsonl(text: &str, file: impl AsRef<Path>) -> Result<Self> {
         let file = file.as_ref();
-        let records: Vec<RefusalRecord> = parse_jsonl(text, file)?;
+        let records: Vec<(usize, RefusalRecord)> = parse_jsonl_lines(text, file)?;
         Self::from_records(&records, file)
     }
 
@@ -85,22 +85,20 @@ impl RefusalSet {
         Self::from_jsonl(&text, path)
     }
 
-    fn from_records(records: &[RefusalRecord], file: &Path) -> Result<Self> {
+    fn from_records(records: &[(usize, RefusalRecord)], file: &Path) -> Result<Self> {
         let mut first: std::collections::HashMap<&str, usize> = Default::default();
         let mut rows = Vec::with_capacity(records.len());
-        for (i, r) in records.iter().enumerate() {
-            // Records are one a line with blank lines skipped; the i-th record is on line i + 1 in the
-            // files this crate ships and in any file without blank lines.
+        for (line, r) in records {
             if let Some(&l) = first.get(r.id.as_str()) {
                 return Err(RowError::DuplicateId {
                     id: r.id.clone(),
                     first_line: l,
                 }
-                .at(file, i + 1));
+                .at(file, *line));
             }
-            first.insert(&r.id, i + 1);
+            first.insert(&r.id, *line);
             let row = r.to_row();
-            row.validate().map_err(|k| k.at(file, i + 1))?;
+            row.validate().map_err(|k| k.at(file, *line))?;
             rows.push(row);
         }
         Ok(RefusalSet { rows })

@@ -116,6 +116,24 @@ impl Input {
     }
 }
 
+impl std::hash::Hash for Input {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            Input::Prompt(p) => {
+                0u8.hash(state);
+                p.hash(state);
+            }
+            Input::Messages(m) => {
+                1u8.hash(state);
+                for msg in m {
+                    msg.role.hash(state);
+                    msg.content.hash(state);
+                }
+            }
+        }
+    }
+}
+
 /// A trigger and where it sits in the instruction.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Trigger {

@@ -71,7 +71,11 @@ impl SplitRatios {
 }
 
 /// The split of each key: equal keys get equal splits (see the module doc for the rule).
-pub fn assign_splits<K: AsRef<str>>(keys: &[K], seed: u64, ratios: SplitRatios) -> Result<Vec<Split>> {
+pub fn assign_splits<K: AsRef<str>>(
+    keys: &[K],
+    seed: u64,
+    ratios: SplitRatios,
+) -> Result<Vec<Split>> {
     ratios.check()?;
     let mut distinct: Vec<&str> = Vec::new();
     let mut seen = HashSet::new();
