@@ -150,6 +150,63 @@ impl TokenChooser {
     }
 }
 
+/// The bookkeeping of a decoding loop: the tokens each row has produced, which rows have stopped, and the
+/// ids to feed next (the pad id for stopped rows). [`Decoder::finish`] and any hand-written loop over
+/// [`Decoder::step`] (side-by-side decoding) share it.
+#[derive(Debug, Clone)]
+pub struct TokenLog {
+    tokens: Vec<Vec<i64>>,
+    finish: Vec<FinishReason>,
+    done: Vec<bool>,
+    stop_tokens: Vec<i64>,
+    pad_id: i64,
+}
+
+impl TokenLog {
+    /// A log for `rows` rows stopping at `opts.stop_tokens`.
+    pub fn new(rows: usize, opts: &GenerateOptions, pad_id: i64) -> Self {
+        Self {
+            tokens: vec![Vec::new(); rows],
+            finish: vec![FinishReason::Length; rows],
+            done: vec![false; rows],
+            stop_tokens: opts.stop_tokens.clone(),
+            pad_id,
+        }
+    }
+
+    /// Record one chosen token per row (ignored for rows already stopped) and return the ids to feed next.
+    pub fn record(&mut self, next: &[i64]) -> Vec<i64> {
+        for (r, &n) in next.iter().enumerate().take(self.tokens.len()) {
+            if self.done[r] {
+                continue;
+            }
+            self.tokens[r].push(n);
+            if self.stop_tokens.contains(&n) {
+                self.done[r] = true;
+                self.finish[r] = FinishReason::Stop;
+            }
+        }
+        next.iter()
+            .zip(&self.done)
+            .map(|(&n, &d)| if d { self.pad_id } else { n })
+            .collect()
+    }
+
+    /// Whether every row has stopped.
+    pub fn all_done(&self) -> bool {
+        self.done.iter().all(|&d| d)
+    }
+
+    /// The finished generation with `captures`.
+    pub fn into_generation(self, captures: Vec<(HookPoint, Tensor)>) -> Generation {
+        Generation {
+            tokens: self.tokens,
+            finish: self.finish,
+            captures,
+        }
+    }
+}
+
 /// Choose one token per row from `[B, vocab]` logits.
 fn choose(logits: &Tensor, sampling: Sampling, rng: &mut rand::rngs::StdRng) -> Result<Vec<i64>> {
     match sampling {
@@ -330,45 +387,19 @@ impl<'m> Decoder<'m> {
         earlier: Vec<(HookPoint, Tensor)>,
     ) -> Result<Generation> {
         let mut chooser = TokenChooser::new(opts)?;
-        let b = self.batch_size();
-        let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); b];
-        let mut finish = vec![FinishReason::Length; b];
+        let mut log = TokenLog::new(self.batch_size(), opts, pad_id);
         if opts.max_new_tokens == 0 {
-            return Ok(Generation {
-                tokens,
-                finish,
-                captures: earlier,
-            });
+            return Ok(log.into_generation(earlier));
         }
-        let mut done = vec![false; b];
         let mut step_captures: Vec<Vec<(HookPoint, Tensor)>> = vec![earlier];
         for k in 0..opts.max_new_tokens {
-            let next = chooser.choose(self.logits())?;
-            for r in 0..b {
-                if done[r] {
-                    continue;
-                }
-                tokens[r].push(next[r]);
-                if opts.stop_tokens.contains(&next[r]) {
-                    done[r] = true;
-                    finish[r] = FinishReason::Stop;
-                }
-            }
-            if done.iter().all(|&d| d) || k + 1 == opts.max_new_tokens {
+            let ids = log.record(&chooser.choose(self.logits())?);
+            if log.all_done() || k + 1 == opts.max_new_tokens {
                 break;
             }
-            let ids: Vec<i64> = next
-                .iter()
-                .zip(&done)
-                .map(|(&n, &d)| if d { pad_id } else { n })
-                .collect();
             step_captures.push(self.step(&ids, hooks)?);
         }
-        Ok(Generation {
-            tokens,
-            finish,
-            captures: concat_captures(step_captures)?,
-        })
+        Ok(log.into_generation(concat_captures(step_captures)?))
     }
 
     /// Next-token logits `[B, vocab]` after the prefill or the last step.
@@ -441,8 +472,9 @@ impl<'m> Decoder<'m> {
     }
 }
 
-/// Concatenate per-step captures along the token axis, matching them by point and occurrence.
-fn concat_captures(steps: Vec<Vec<(HookPoint, Tensor)>>) -> Result<Vec<(HookPoint, Tensor)>> {
+/// Concatenate per-step captures along the token axis, matching them by point and occurrence (how
+/// [`Generation::captures`] is built from a prefill's and each step's captures).
+pub fn concat_captures(steps: Vec<Vec<(HookPoint, Tensor)>>) -> Result<Vec<(HookPoint, Tensor)>> {
     let Some(first) = steps.first() else {
         return Ok(Vec::new());
     };

@@ -51,7 +51,10 @@ pub use cache::KvCache;
 pub use config::{ArchSpec, Family};
 pub use device::{default_device, libtorch_info};
 pub use error::{HookError, Result};
-pub use generate::{Decoder, FinishReason, GenerateOptions, Generation, Sampling, TokenChooser};
+pub use generate::{
+    concat_captures, Decoder, FinishReason, GenerateOptions, Generation, Sampling, TokenChooser,
+    TokenLog,
+};
 pub use hooks::{CaptureOptions, HookContext, HookOp, HookPoint, Hooks, Positions};
 pub use model::{AttentionImpl, ForwardOutput, LoadOptions, Model};
 pub use tokenizer::{ChatMessage, Encoded, Tokenizer};

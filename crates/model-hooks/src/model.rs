@@ -571,6 +571,16 @@ impl Model {
     /// tensors a hook introduces), e.g. for training a map through the model's upper layers.
     pub fn forward_grad(&self, batch: &Batch, hooks: &Hooks) -> Result<ForwardOutput> {
         self.check_batch(batch)?;
+        self.run_batch(batch, hooks, false)
+    }
+
+    /// One uncached pass over a whole batch (`last_logits_only`: the LM head on the last column only).
+    fn run_batch(
+        &self,
+        batch: &Batch,
+        hooks: &Hooks,
+        last_logits_only: bool,
+    ) -> Result<ForwardOutput> {
         let prompt_lengths = Tensor::from_slice(
             &batch
                 .prompt_lengths
@@ -585,7 +595,7 @@ impl Model {
             valid: &batch.valid,
             prompt_lengths: &prompt_lengths,
             decode_step: None,
-            last_logits_only: false,
+            last_logits_only,
         };
         self.run(&step, hooks, None)
     }
@@ -603,23 +613,7 @@ impl Model {
                 "forward_last needs a left-padded batch (the last column must be every row's last token)",
             ));
         }
-        let prompt_lengths = Tensor::from_slice(
-            &batch
-                .prompt_lengths
-                .iter()
-                .map(|&l| l as i64)
-                .collect::<Vec<_>>(),
-        )
-        .f_to_device(batch.input_ids.device())?;
-        let step = StepInput {
-            input_ids: &batch.input_ids,
-            position_ids: &batch.position_ids,
-            valid: &batch.valid,
-            prompt_lengths: &prompt_lengths,
-            decode_step: None,
-            last_logits_only: true,
-        };
-        self.run(&step, hooks, None)
+        self.run_batch(batch, hooks, true)
     }
 
     /// Full-model logits `[B, T, vocab]`.

@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use rosetta_activation_store::tokenizer_hash;
 use rosetta_mapping::{AnyMap, Mapping};
 use rosetta_model_hooks::{
-    Batch, CaptureOptions, FinishReason, GenerateOptions, Generation, HookContext, HookPoint,
-    Hooks, Model, TokenChooser,
+    concat_captures, Batch, CaptureOptions, GenerateOptions, Generation, HookContext, HookPoint,
+    Hooks, Model, TokenChooser, TokenLog,
 };
 use tch::Tensor;
 
@@ -181,49 +181,17 @@ impl<'a> MappedPair<'a> {
         let (mut tgt, tcaps) = self
             .target
             .prefill(prompts, pad_id, &hooks, opts.max_new_tokens)?;
-        let b = prompts.len();
-        let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); b];
-        let mut finish = vec![FinishReason::Length; b];
-        let mut done = vec![false; b];
+        let mut log = TokenLog::new(prompts.len(), opts, pad_id);
         let mut steps = vec![tcaps];
         for k in 0..opts.max_new_tokens {
-            let next = chooser.choose(tgt.logits())?;
-            for r in 0..b {
-                if done[r] {
-                    continue;
-                }
-                tokens[r].push(next[r]);
-                if opts.stop_tokens.contains(&next[r]) {
-                    done[r] = true;
-                    finish[r] = FinishReason::Stop;
-                }
-            }
-            if done.iter().all(|&d| d) || k + 1 == opts.max_new_tokens {
+            let ids = log.record(&chooser.choose(tgt.logits())?);
+            if log.all_done() || k + 1 == opts.max_new_tokens {
                 break;
             }
-            let ids: Vec<i64> = next
-                .iter()
-                .zip(&done)
-                .map(|(&n, &d)| if d { pad_id } else { n })
-                .collect();
             let caps = src.step(&ids, &src_hooks)?;
             let hooks = self.target_hooks(self.mapped_from(&caps)?, extra)?;
             steps.push(tgt.step(&ids, &hooks)?);
         }
-        let mut captures = Vec::new();
-        if let Some(first) = steps.first() {
-            for (i, (point, _)) in first.iter().enumerate() {
-                let parts: Vec<&Tensor> = steps
-                    .iter()
-                    .filter_map(|s| s.get(i).map(|(_, t)| t))
-                    .collect();
-                captures.push((*point, Tensor::f_cat(&parts, 1)?));
-            }
-        }
-        Ok(Generation {
-            tokens,
-            finish,
-            captures,
-        })
+        Ok(log.into_generation(concat_captures(steps)?))
     }
 }

@@ -248,7 +248,7 @@ pub struct Contrast {
     pub data: Option<String>,
 }
 
-fn contrast_acts(
+pub(crate) fn contrast_acts(
     model: &Model,
     tokenizer: &Tokenizer,
     contrast: &Contrast,
@@ -297,7 +297,25 @@ fn provenance(
     }
 }
 
-fn pooled_norm(pos: &PositionActs, neg: &PositionActs) -> Result<f64> {
+/// One difference-of-means entry per point, scaled by [`pooled_norm`].
+pub(crate) fn mean_difference_entries(
+    pos: &[PositionActs],
+    neg: &[PositionActs],
+) -> Result<Vec<VectorEntry>> {
+    pos.iter()
+        .zip(neg)
+        .map(|(p, n)| {
+            VectorEntry::new(
+                p.point,
+                &mean_difference(&p.acts, &n.acts)?,
+                pooled_norm(p, n)?,
+            )
+        })
+        .collect()
+}
+
+/// The mean activation norm over both sides' rows (each row weighted alike): a vector's suggested scale.
+pub(crate) fn pooled_norm(pos: &PositionActs, neg: &PositionActs) -> Result<f64> {
     let (np, nn) = (pos.prompt_of.len() as f64, neg.prompt_of.len() as f64);
     Ok((pos.mean_norm()? * np + neg.mean_norm()? * nn) / (np + nn))
 }
@@ -313,17 +331,7 @@ pub fn diff_of_means(
     batch_size: usize,
 ) -> Result<SteeringVector> {
     let (pos, neg) = contrast_acts(model, tokenizer, contrast, rule, points, batch_size)?;
-    let entries = pos
-        .iter()
-        .zip(&neg)
-        .map(|(p, n)| {
-            VectorEntry::new(
-                p.point,
-                &mean_difference(&p.acts, &n.acts)?,
-                pooled_norm(p, n)?,
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let entries = mean_difference_entries(&pos, &neg)?;
     SteeringVector::new(
         ModelIdentity::of(model)?,
         Method::DiffOfMeans,

@@ -24,9 +24,9 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Result, SteeringError};
 use crate::intervene::{ablate_direction, AblationScope};
-use crate::methods::{activations_at, mean_difference, Contrast};
+use crate::methods::{contrast_acts, mean_difference_entries, Contrast};
 use crate::positions::{encode_all, PositionRule, Prompt};
-use crate::vector::{Method, ModelIdentity, Provenance, SteeringVector, VectorEntry};
+use crate::vector::{Method, ModelIdentity, Provenance, SteeringVector};
 
 /// The first tokens of `phrases` as an answer would start with them (no leading space), deduplicated.
 pub fn first_token_ids(tokenizer: &Tokenizer, phrases: &[&str]) -> Result<Vec<i64>> {
@@ -182,31 +182,8 @@ pub fn refusal_candidates(
 ) -> Result<SteeringVector> {
     let points: Vec<HookPoint> = (0..model.num_layers()).map(HookPoint::ResidPre).collect();
     let rule = PositionRule::PostInstruction;
-    let pos = activations_at(
-        model,
-        tokenizer,
-        &contrast.positive,
-        &rule,
-        &points,
-        batch_size,
-    )?;
-    let neg = activations_at(
-        model,
-        tokenizer,
-        &contrast.negative,
-        &rule,
-        &points,
-        batch_size,
-    )?;
-    let entries = pos
-        .iter()
-        .zip(&neg)
-        .map(|(p, n)| {
-            let (a, b) = (p.prompt_of.len() as f64, n.prompt_of.len() as f64);
-            let scale = (p.mean_norm()? * a + n.mean_norm()? * b) / (a + b);
-            VectorEntry::new(p.point, &mean_difference(&p.acts, &n.acts)?, scale)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let (pos, neg) = contrast_acts(model, tokenizer, contrast, &rule, &points, batch_size)?;
+    let entries = mean_difference_entries(&pos, &neg)?;
     SteeringVector::new(
         ModelIdentity::of(model)?,
         Method::DiffOfMeans,

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, SteeringError};
-use crate::vector::{Method, ModelIdentity, Provenance, Recipe, SteeringVector, VectorEntry};
+use crate::vector::{Method, ModelIdentity, Recipe, SteeringVector, VectorEntry};
 
 /// A map from a source model's hook point to a target model's, ready to carry vectors.
 pub struct Transfer<'a> {
@@ -157,10 +157,7 @@ impl<'a> Transfer<'a> {
                 map_sha256: self.map_sha256.clone(),
                 seed,
             },
-            Provenance {
-                data: vector.provenance.data.clone(),
-                ..vector.provenance.clone()
-            },
+            vector.provenance.clone(),
             vec![entry],
         )?;
         v.extra = vector.extra.clone();
