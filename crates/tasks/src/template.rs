@@ -85,15 +85,6 @@ pub(crate) fn balanced_sample<T>(
     out
 }
 
-/// Capitalise the first character.
-pub(crate) fn capitalise(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => String::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
