@@ -37,6 +37,7 @@ pub mod error;
 mod fused;
 pub mod generate;
 pub mod hooks;
+pub mod lora;
 pub mod model;
 pub mod numerics;
 mod omp;
@@ -56,6 +57,7 @@ pub use generate::{
     TokenLog,
 };
 pub use hooks::{CaptureOptions, HookContext, HookOp, HookPoint, Hooks, Positions};
+pub use lora::{Lora, LoraConfig, LoraPair, LoraTarget};
 pub use model::{AttentionImpl, ForwardOutput, LoadOptions, Model};
 pub use tokenizer::{ChatMessage, Encoded, Tokenizer};
 pub use weights::{LoadReport, SafetensorsSet};

@@ -9,6 +9,7 @@ use crate::cache::KvCache;
 use crate::config::{ArchSpec, AttentionKind};
 use crate::error::{HookError, Result};
 use crate::hooks::{run_point, HookContext, HookPoint, Hooks};
+use crate::lora::{Lora, LoraTarget};
 use crate::numerics::{
     attention_mask, gated, rope_cos_sin, rope_heads, rope_inv_freq, softcap, RmsNorm,
 };
@@ -261,6 +262,8 @@ pub(crate) struct StepInput<'a> {
     pub decode_step: Option<usize>,
     /// Run to the LM head and compute logits only at the last index (generation).
     pub last_logits_only: bool,
+    /// LoRA adapters added inside the projections ([`Model::forward_lora`]).
+    pub lora: Option<&'a Lora>,
 }
 
 /// A loaded decoder-only language model.
@@ -571,7 +574,24 @@ impl Model {
     /// tensors a hook introduces), e.g. for training a map through the model's upper layers.
     pub fn forward_grad(&self, batch: &Batch, hooks: &Hooks) -> Result<ForwardOutput> {
         self.check_batch(batch)?;
-        self.run_batch(batch, hooks, false)
+        self.run_batch(batch, hooks, false, None)
+    }
+
+    /// [`Model::forward_grad`] with LoRA adapters inside the projections: gradients reach the adapters'
+    /// `A` and `B` (the model's weights stay frozen). Wrap in `tch::no_grad` to evaluate.
+    pub fn forward_lora(&self, batch: &Batch, hooks: &Hooks, lora: &Lora) -> Result<ForwardOutput> {
+        self.check_batch(batch)?;
+        if lora
+            .config()
+            .layers
+            .as_ref()
+            .is_some_and(|ls| ls.iter().any(|&l| l >= self.num_layers()))
+        {
+            return Err(HookError::invalid(
+                "the adapters name layers this model does not have",
+            ));
+        }
+        self.run_batch(batch, hooks, false, Some(lora))
     }
 
     /// One uncached pass over a whole batch (`last_logits_only`: the LM head on the last column only).
@@ -580,6 +600,7 @@ impl Model {
         batch: &Batch,
         hooks: &Hooks,
         last_logits_only: bool,
+        lora: Option<&Lora>,
     ) -> Result<ForwardOutput> {
         let prompt_lengths = Tensor::from_slice(
             &batch
@@ -596,6 +617,7 @@ impl Model {
             prompt_lengths: &prompt_lengths,
             decode_step: None,
             last_logits_only,
+            lora,
         };
         self.run(&step, hooks, None)
     }
@@ -613,7 +635,7 @@ impl Model {
                 "forward_last needs a left-padded batch (the last column must be every row's last token)",
             ));
         }
-        self.run_batch(batch, hooks, true)
+        self.run_batch(batch, hooks, true, None)
     }
 
     /// Full-model logits `[B, T, vocab]`.
@@ -744,8 +766,18 @@ impl Model {
 
             x = visit!(HookPoint::ResidPre(l), x);
             let h = layer.input_layernorm.forward(&x)?;
-            let mut attn =
-                self.attention(l, layer, &h, cos, sin, mask, cache.as_deref_mut(), b, t)?;
+            let mut attn = self.attention(
+                l,
+                layer,
+                &h,
+                cos,
+                sin,
+                mask,
+                cache.as_deref_mut(),
+                b,
+                t,
+                step.lora,
+            )?;
             if spec.sandwich_norms {
                 // Gemma 2/3: post_attention_layernorm normalises the attention branch itself.
                 attn = layer.post_attention_layernorm.forward(&attn)?;
@@ -758,7 +790,17 @@ impl Model {
             };
             let mlp = &layer.mlp;
             let inter = spec.intermediate_size;
-            let gate_up = mlp.gate_up_proj.forward_parts(&h, &[inter, inter])?;
+            let mut gate_up = mlp.gate_up_proj.forward_parts(&h, &[inter, inter])?;
+            let lora = step.lora.filter(|lo| lo.touches(l));
+            if let Some(lo) = lora {
+                for (i, target) in [LoraTarget::GateProj, LoraTarget::UpProj]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let y = std::mem::replace(&mut gate_up[i], Tensor::new());
+                    gate_up[i] = lo.add_to(l, target, &h, y)?;
+                }
+            }
             let gate = gated(
                 &gate_up[0],
                 &gate_up[1],
@@ -766,6 +808,9 @@ impl Model {
                 self.options.fast_kernels,
             )?;
             let mut m = mlp.down_proj.forward(&gate)?;
+            if let Some(lo) = lora {
+                m = lo.add_to(l, LoraTarget::DownProj, &gate, m)?;
+            }
             if let Some(post) = &layer.post_feedforward_layernorm {
                 m = post.forward(&m)?;
             }
@@ -824,13 +869,31 @@ impl Model {
         cache: Option<&mut KvCache>,
         b: i64,
         t: i64,
+        lora: Option<&Lora>,
     ) -> Result<Tensor> {
         let spec = &self.spec;
         let (nh, nkv, hd) = (spec.num_heads, spec.num_kv_heads, spec.head_dim);
         let a = &layer.self_attn;
-        let qkv = a
+        let mut qkv = a
             .qkv_proj
             .forward_parts(h, &[nh * hd, nkv * hd, nkv * hd])?;
+        let lora = lora.filter(|lo| lo.touches(l));
+        if let Some(lo) = lora {
+            for (i, target) in [LoraTarget::QProj, LoraTarget::KProj, LoraTarget::VProj]
+                .into_iter()
+                .enumerate()
+            {
+                let y = std::mem::replace(&mut qkv[i], Tensor::new());
+                qkv[i] = lo.add_to(l, target, h, y)?;
+            }
+        }
+        let o_proj = |x: &Tensor| -> Result<Tensor> {
+            let y = a.o_proj.forward(x)?;
+            match lora {
+                Some(lo) => lo.add_to(l, LoraTarget::OProj, x, y),
+                None => Ok(y),
+            }
+        };
         let mut q = qkv[0].f_view([b, t, nh, hd])?;
         let mut k = qkv[1].f_view([b, t, nkv, hd])?;
         let v = qkv[2].f_view([b, t, nkv, hd])?.f_transpose(1, 2)?;
@@ -871,7 +934,7 @@ impl Model {
             if let Some(out) = crate::bf16_attention::attention(&q, &k, &v, causal, spec.attn_scale)
             {
                 // [B, T, H, D] contiguous: the heads are already concatenated per token.
-                return a.o_proj.forward(&out?.f_view([b, t, nh * hd])?);
+                return o_proj(&out?.f_view([b, t, nh * hd])?);
             }
         }
         let out = if fused {
@@ -920,7 +983,7 @@ impl Model {
             probs.f_matmul(&v)?
         };
         let out = out.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
-        a.o_proj.forward(&out)
+        o_proj(&out)
     }
 }
 
