@@ -40,6 +40,7 @@ pub mod hooks;
 pub mod lora;
 pub mod model;
 pub mod numerics;
+pub mod optim;
 mod omp;
 mod onednn;
 mod skinny;
