@@ -81,6 +81,23 @@ pub enum TasksError {
         /// The key found.
         key: String,
     },
+    /// A model operation (forward pass, tokenizer, adapter) failed.
+    #[error(transparent)]
+    Model(#[from] rosetta_model_hooks::HookError),
+    /// A tensor operation failed inside libtorch.
+    #[error("tensor operation: {0}")]
+    Torch(#[from] tch::TchError),
+    /// Fine-tuning was asked for something impossible (no examples, a prompt longer than the budget, ...).
+    #[error("fine-tuning: {0}")]
+    FineTune(String),
+    /// A fine-tuning checkpoint is unreadable or belongs to another run.
+    #[error("{}: {message}", path.display())]
+    Checkpoint {
+        /// The checkpoint directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// Serialising a row failed (should not happen for valid rows).
     #[error("serialising row {id:?}: {source}")]
     Serialize {

