@@ -379,40 +379,33 @@ pub fn fine_tune(
     checkpoints: Option<&Path>,
     observe: &mut dyn FnMut(&StepReport) -> Flow,
 ) -> Result<FineTuned> {
-    if examples.is_empty() {
-        return Err(TasksError::FineTune("no training examples".into()));
-    }
-    if config.batch_size == 0 || config.grad_accum == 0 || config.steps == 0 {
-        return Err(TasksError::FineTune(
-            "batch size, accumulation and steps must be at least 1".into(),
-        ));
-    }
-    if let Some((i, e)) = examples
-        .iter()
-        .enumerate()
-        .find(|(_, e)| e.ids.len() > config.max_len)
-    {
-        return Err(TasksError::FineTune(format!(
-            "example {i} has {} tokens, more than max_len {}",
-            e.ids.len(),
-            config.max_len
-        )));
-    }
-    if let Some((i, _)) = examples
-        .iter()
-        .enumerate()
-        .find(|(_, e)| e.completion_start == 0 || e.completion_start >= e.ids.len())
-    {
-        return Err(TasksError::FineTune(format!(
-            "example {i} has no completion tokens after a prompt"
-        )));
-    }
-    let mut lora = Lora::new(
+    check_inputs(examples, config)?;
+    let lora = Lora::new(
         model.spec(),
         config.lora.clone(),
         config.seed,
         model.device(),
     )?;
+    fine_tune_from(model, pad_id, examples, config, lora, checkpoints, observe)
+}
+
+/// [`fine_tune`] starting from given adapters (e.g. a parity test's initialisation, or adapters trained
+/// on another task) instead of fresh ones; `config.lora` must describe them.
+pub fn fine_tune_from(
+    model: &Model,
+    pad_id: i64,
+    examples: &[Example],
+    config: &FineTuneConfig,
+    mut lora: Lora,
+    checkpoints: Option<&Path>,
+    observe: &mut dyn FnMut(&StepReport) -> Flow,
+) -> Result<FineTuned> {
+    check_inputs(examples, config)?;
+    if lora.config() != &config.lora {
+        return Err(TasksError::FineTune(
+            "the adapters' configuration differs from config.lora".into(),
+        ));
+    }
     lora.set_training(true);
     let params = lora.parameters();
     let mut opt = AdamW::new(config.adamw, &params)?;
@@ -490,6 +483,38 @@ pub fn fine_tune(
         complete,
         resumed_from,
     })
+}
+
+fn check_inputs(examples: &[Example], config: &FineTuneConfig) -> Result<()> {
+    if examples.is_empty() {
+        return Err(TasksError::FineTune("no training examples".into()));
+    }
+    if config.batch_size == 0 || config.grad_accum == 0 || config.steps == 0 {
+        return Err(TasksError::FineTune(
+            "batch size, accumulation and steps must be at least 1".into(),
+        ));
+    }
+    if let Some((i, e)) = examples
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.ids.len() > config.max_len)
+    {
+        return Err(TasksError::FineTune(format!(
+            "example {i} has {} tokens, more than max_len {}",
+            e.ids.len(),
+            config.max_len
+        )));
+    }
+    if let Some((i, _)) = examples
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.completion_start == 0 || e.completion_start >= e.ids.len())
+    {
+        return Err(TasksError::FineTune(format!(
+            "example {i} has no completion tokens after a prompt"
+        )));
+    }
+    Ok(())
 }
 
 /// Where [`fine_tune`] keeps its checkpoint files inside a directory (for callers that clean up).

