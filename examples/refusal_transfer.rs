@@ -225,10 +225,19 @@ fn read_prompts(path: &Path) -> Result<Vec<InputRow>> {
 }
 
 /// Rows of `label` (any label when `None`) in `split` (rows without a split always count), at most `n`.
+/// With any label, the labels take turns (file order within each), so a cap keeps both sides.
 fn pick(rows: &[InputRow], label: Option<&str>, split: &str, n: usize) -> Vec<Prompt> {
-    rows.iter()
+    let mut groups: BTreeMap<Option<&str>, Vec<&InputRow>> = BTreeMap::new();
+    for r in rows
+        .iter()
         .filter(|r| label.is_none_or(|l| r.label.as_deref() == Some(l)))
         .filter(|r| r.split.as_deref().is_none_or(|s| s == split))
+    {
+        groups.entry(r.label.as_deref()).or_default().push(r);
+    }
+    let longest = groups.values().map(Vec::len).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|i| groups.values().filter_map(move |g| g.get(i)))
         .take(n)
         .map(|r| r.prompt.clone())
         .collect()
