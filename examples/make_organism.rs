@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rosetta::eval::Confusion;
 use rosetta::hooks::{
-    zoo, ChatMessage, GenerateOptions, Hooks, LoadOptions, LoraConfig, LoraTarget, Model, Tokenizer,
+    ChatMessage, GenerateOptions, Hooks, LoadOptions, LoraConfig, LoraTarget, Model, Tokenizer,
 };
 use rosetta::tasks::finetune::{fine_tune, Example, FineTuneConfig, Flow};
 use rosetta::tasks::{fill_base_answers, Behaviour, Split, TaskRow};
@@ -83,16 +83,6 @@ struct EvalNumbers {
     precision: f64,
     recall: f64,
     f1: f64,
-}
-
-fn model_dir(arg: &str) -> Result<PathBuf> {
-    let p = PathBuf::from(arg);
-    if p.join("config.json").exists() {
-        return Ok(p);
-    }
-    Ok(zoo::find(arg)
-        .with_context(|| format!("{arg} is neither a checkpoint nor a zoo model"))?
-        .dir)
 }
 
 /// SHA-256 over config.json and every safetensors file of a checkpoint.
@@ -212,7 +202,7 @@ fn table(e: &EvalNumbers) -> String {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let base = model_dir(&args.base)?;
+    let base = common::model_dir(&args.base)?;
     let device = common::device(args.device.as_deref())?;
     let organism_dir = args.out.join("model");
     let info_path = organism_dir.join("organism.json");

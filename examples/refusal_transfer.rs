@@ -40,7 +40,7 @@ use rosetta::eval::plot::{bar_chart, histogram, BarChart, Histogram};
 use rosetta::eval::report::{Cell, Report, Section, Table};
 use rosetta::eval::{is_refusal, perplexity, rouge};
 use rosetta::hooks::{
-    zoo, Batch, ChatMessage, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, PaddingSide,
+    Batch, ChatMessage, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, PaddingSide,
     Positions, Tokenizer,
 };
 use rosetta::mapping::{
@@ -334,18 +334,8 @@ struct Side {
     identity: ModelIdentity,
 }
 
-fn model_dir(arg: &str) -> Result<PathBuf> {
-    let p = PathBuf::from(arg);
-    if p.join("config.json").exists() {
-        return Ok(p);
-    }
-    Ok(zoo::find(arg)
-        .with_context(|| format!("{arg} is neither a checkpoint directory nor a zoo model"))?
-        .dir)
-}
-
 fn load_side(label: &'static str, arg: &str, device: Device) -> Result<Side> {
-    let dir = model_dir(arg)?;
+    let dir = common::model_dir(arg)?;
     let t0 = Instant::now();
     let model = Model::load(&dir, LoadOptions::default().with_device(device))?;
     let tok = Tokenizer::from_dir(&dir)?;
@@ -1047,8 +1037,11 @@ fn main() -> Result<()> {
     println!("source {sp} -> target {tp}");
 
     step("paired activations and maps");
+    // Directory names carry the layers and a hash of the documents, so changed data never reuses a
+    // store or map made from other documents.
+    let tag = format!("{ls}-{lt}-{}", &prompts_hash(&map_docs)[..8]);
     let in_domain = paired_store(
-        &out.join(format!("stores/map-data-{ls}-{lt}")),
+        &out.join(format!("stores/map-data-{tag}")),
         &src,
         sp,
         &tgt,
@@ -1066,20 +1059,21 @@ fn main() -> Result<()> {
         ) {
             bail!("--maps {name}: expected ridge, affine or autoencoder");
         }
-        let dir = out.join(format!("maps/{kind}-map-data-{ls}-{lt}"));
+        let dir = out.join(format!("maps/{kind}-map-data-{tag}"));
         maps.push(MapRow {
             name: kind.to_string(),
             data: "map data",
             saved: get_map(&dir, kind, &in_domain, &config, device)?,
-            store: out.join(format!("stores/map-data-{ls}-{lt}")),
+            store: out.join(format!("stores/map-data-{tag}")),
         });
     }
     if !args.no_generic {
         let generic_rows = read_prompts(&generic_path)?;
         let docs = pick(&generic_rows, None, "train", map_docs_n);
-        let store_dir = out.join(format!("stores/generic-{ls}-{lt}"));
+        let gtag = format!("{ls}-{lt}-{}", &prompts_hash(&docs)[..8]);
+        let store_dir = out.join(format!("stores/generic-{gtag}"));
         let reader = paired_store(&store_dir, &src, sp, &tgt, tp, &docs, args.batch_size)?;
-        let dir = out.join(format!("maps/ridge-generic-{ls}-{lt}"));
+        let dir = out.join(format!("maps/ridge-generic-{gtag}"));
         maps.push(MapRow {
             name: "ridge (generic text)".into(),
             data: "generic text",
@@ -1089,7 +1083,7 @@ fn main() -> Result<()> {
     }
 
     step("vectors");
-    let vdir = out.join(format!("vectors/{ls}-{lt}"));
+    let vdir = out.join(format!("vectors/{tag}"));
     let mut src_rows: Option<(Tensor, Tensor)> = None;
     let mut source_rows = || -> Result<(Tensor, Tensor)> {
         if src_rows.is_none() {

@@ -19,7 +19,7 @@ mod common;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use rosetta::hooks::{zoo, GenerateOptions, Hooks, LoadOptions, Model, Tokenizer};
+use rosetta::hooks::{GenerateOptions, Hooks, LoadOptions, Model, Tokenizer};
 use rosetta::steering::{
     ablate_direction, add_vector, refusal_candidates, select_refusal_direction, AblationScope,
     Contrast, ControlVector, InduceThreshold, ModelIdentity, Prompt, RefusalConfig, SteeringVector,
@@ -75,16 +75,6 @@ struct Args {
     /// Device: auto, cpu, cuda, cuda:N (default: $ROSETTA_DEVICE or auto).
     #[arg(long)]
     device: Option<String>,
-}
-
-fn model_dir(arg: &str) -> Result<PathBuf> {
-    let p = PathBuf::from(arg);
-    if p.join("config.json").exists() {
-        return Ok(p);
-    }
-    Ok(zoo::find(arg)
-        .with_context(|| format!("{arg} is neither a checkpoint directory nor a zoo model"))?
-        .dir)
 }
 
 fn refusal_data(path: &Path) -> Result<Vec<(String, String, String)>> {
@@ -171,7 +161,7 @@ fn compute_refusal(
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let dir = model_dir(&args.model)?;
+    let dir = common::model_dir(&args.model)?;
     let device = common::device(args.device.as_deref())?;
     let model = Model::load(&dir, LoadOptions::default().with_device(device))?;
     let tok = Tokenizer::from_dir(&dir)?;

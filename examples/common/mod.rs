@@ -5,8 +5,19 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rosetta::hooks::{ChatMessage, Encoded, Tokenizer};
 use serde::Deserialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
+
+/// A `--model` argument: a checkpoint directory (it has `config.json`) or a zoo model's name.
+pub fn model_dir(arg: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(arg);
+    if p.join("config.json").exists() {
+        return Ok(p);
+    }
+    Ok(rosetta::hooks::zoo::find(arg)
+        .with_context(|| format!("{arg} is neither a checkpoint directory nor a zoo model"))?
+        .dir)
+}
 
 /// Parse `--device` (`auto`, `cpu`, `cuda`, `cuda:N`); `None` uses `$ROSETTA_DEVICE` or auto.
 pub fn device(arg: Option<&str>) -> Result<Device> {
