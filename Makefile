@@ -15,7 +15,7 @@ ZOO ?= smollm2-135m-instruct gemma3-270m qwen2.5-coder-0.5b-instruct qwen2.5-cod
 # Models whose HF reference outputs the parity tests read.
 REFERENCE_MODELS ?= $(ZOO)
 
-.PHONY: demo test setup models references build downstream lint fmt clean-build help
+.PHONY: demo test setup models references build downstream fanout-check lint fmt clean-build help
 
 help:
 	@echo "make demo    set up everything and run the demo"
@@ -54,6 +54,12 @@ downstream: build
 	  --manifest-path $(CURDIR)/tests/downstream/Cargo.toml --target-dir $(TARGET_DIR)
 	@cd / && env -u LD_LIBRARY_PATH $(TARGET_DIR)/release/rosetta-downstream-check $(ROSETTA_MODELS)/smollm2-135m-instruct
 
+# The fanned-out collection of deploy/ (Slurm array, Kubernetes Indexed Job) run locally with 3 workers and
+# checked against one worker over the whole corpus.
+fanout-check: models build
+	@echo "[test] fanned-out collection: 3 workers + merge == 1 worker"
+	@CARGO_TARGET_DIR=$(TARGET_DIR) ./scripts/fanout-check.sh 3 45
+
 test: references build
 	@echo "[test] python tests"
 	@$(PY) -m unittest discover -s tests/python -v
@@ -61,6 +67,7 @@ test: references build
 	@$(CARGO) test --release --workspace --all-targets
 	@$(CARGO) test --release --workspace --doc
 	@$(MAKE) --no-print-directory downstream
+	@$(MAKE) --no-print-directory fanout-check
 
 lint: setup
 	@$(CARGO) fmt --all -- --check

@@ -5,6 +5,7 @@
 //!     --input corpus.jsonl|corpus.txt --out store/ [--dtype f16] [--shard i/n] [--filter all|last|match:TEXT]
 //! cargo run --release --example collect -- --stats --out store/
 //! cargo run --release --example collect -- --merge store-0/ store-1/ --out store/
+//! cargo run --release --example collect -- --compare other-store/ --out store/
 //! ```
 //! JSONL rows are `{"text": ...}` or `{"messages": [{"role", "content"}, ...]}`; a `.txt` corpus has one
 //! document per non-empty line. A document's id is its row number, so `--shard i/n` (documents with
@@ -12,7 +13,9 @@
 //! command resumes an interrupted collection. `--merge` then checks that the workers' stores agree
 //! (models, tokenizers, hook points, dims, dtype, alignment; all complete; no document twice) and writes
 //! one manifest over all their shards into `--out`, without copying data: the merged store refers to the
-//! worker shards by relative paths and is read-only.
+//! worker shards by relative paths and is read-only. `--compare` checks that two stores hold the same rows
+//! document by document (bit for bit), e.g. merged workers against one worker over the whole corpus; it
+//! exits non-zero when they differ.
 //!
 //! Chat rows: each model renders the conversation with its own chat template (with the generation prompt
 //! unless the last message is the assistant's), so the two models read different strings. Rows are
@@ -30,8 +33,8 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rosetta::hooks::{HookPoint, LoadOptions, Model, Tokenizer};
 use rosetta::store::{
-    collect, merge_stores, tokenizer_hash, Alignment, CollectOptions, CorpusDoc, ModelEntry,
-    ModelSide, PositionFilter, Split, StoreDtype, StoreReader, StoreSpec, StoreWriter,
+    collect, compare_stores, merge_stores, tokenizer_hash, Alignment, CollectOptions, CorpusDoc,
+    ModelEntry, ModelSide, PositionFilter, Split, StoreDtype, StoreReader, StoreSpec, StoreWriter,
     WriterOptions,
 };
 use std::path::{Path, PathBuf};
@@ -84,6 +87,9 @@ struct Args {
     /// Merge the stores of `--shard i/n` workers into --out (no data is copied) instead of collecting.
     #[arg(long, num_args = 1.., value_name = "STORE")]
     merge: Vec<PathBuf>,
+    /// Compare the rows of this store with --out's, document by document (exit 1 when they differ).
+    #[arg(long, value_name = "STORE")]
+    compare: Option<PathBuf>,
     /// Device: auto, cpu, cuda, cuda:N (default: $ROSETTA_DEVICE or auto).
     #[arg(long)]
     device: Option<String>,
@@ -172,6 +178,14 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if args.stats {
         return stats(&args.out);
+    }
+    if let Some(other) = &args.compare {
+        let c = compare_stores(&StoreReader::open(other)?, &StoreReader::open(&args.out)?)?;
+        println!("{} vs {}: {c}", other.display(), args.out.display());
+        if !c.identical() {
+            bail!("the stores hold different rows");
+        }
+        return Ok(());
     }
     if !args.merge.is_empty() {
         let m = merge_stores(&args.out, &args.merge)?;

@@ -81,6 +81,7 @@
 pub mod align;
 pub mod chat;
 pub mod collect;
+pub mod compare;
 pub mod error;
 pub mod format;
 pub mod merge;
@@ -96,6 +97,7 @@ pub use chat::{chat_content_text, render_chat, ContentSpan, DocEncoding};
 pub use collect::{
     collect, CollectOptions, CollectReport, CorpusDoc, ModelSide, PositionFilter, Progress,
 };
+pub use compare::{compare_stores, StoreComparison};
 pub use error::{Result, StoreError};
 pub use format::{
     shard_file_name, Manifest, ModelEntry, ShardEntry, StoreDtype, StoreSpec, DEFAULT_SHARD_BYTES,

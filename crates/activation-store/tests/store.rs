@@ -549,6 +549,61 @@ fn merged_stores_read_as_the_union_without_copying() {
 }
 
 #[test]
+fn merged_workers_hold_the_rows_of_one_worker() {
+    let base = tmp("compare");
+    let sp = spec(true, StoreDtype::F32);
+    let single = worker(&base, "single", 0..30, sp.clone());
+    let workers: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            worker(
+                &base,
+                &format!("w{i}"),
+                (0..30).filter(|d| d % 3 == i),
+                sp.clone(),
+            )
+        })
+        .collect();
+    let merged = base.join("merged");
+    merge_stores(&merged, &workers).unwrap();
+    let (a, b) = (
+        StoreReader::open(&single).unwrap(),
+        StoreReader::open(&merged).unwrap(),
+    );
+    let c = compare_stores(&a, &b).unwrap();
+    assert!(c.identical(), "{c}");
+    assert_eq!((c.docs_a, c.docs_b, c.rows_a), (30, 30, a.rows()));
+    assert!(c.to_string().ends_with("identical"), "{c}");
+
+    // A missing worker, an extra document and one changed activation are each named.
+    let two = base.join("two");
+    merge_stores(&two, &workers[..2]).unwrap();
+    let c = compare_stores(&a, &StoreReader::open(&two).unwrap()).unwrap();
+    assert_eq!(
+        c.only_in_a,
+        (0..30).filter(|d| d % 3 == 2).collect::<Vec<_>>()
+    );
+    assert!(c.only_in_b.is_empty() && c.differing.is_empty() && !c.identical());
+    let extra = worker(&base, "extra", 0..31, sp.clone());
+    let c = compare_stores(&a, &StoreReader::open(&extra).unwrap()).unwrap();
+    assert_eq!((c.only_in_a.len(), c.only_in_b.clone()), (0, vec![30]));
+    let changed = base.join("changed");
+    let mut w = StoreWriter::create(&changed, sp.clone(), SMALL).unwrap();
+    for d in 0..30 {
+        let mut rows = doc_rows(d, true);
+        if d == 17 {
+            rows.x.acts = rows.x.acts.copy();
+            let _ = rows.x.acts.get(0).get(0).fill_(123.0);
+        }
+        w.add(rows).unwrap();
+    }
+    w.finish().unwrap();
+    let c = compare_stores(&a, &StoreReader::open(&changed).unwrap()).unwrap();
+    assert_eq!(c.differing, vec![17], "{c}");
+    assert!(c.to_string().contains("differing 1 [17]"), "{c}");
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
 fn mismatched_stores_refuse_to_merge() {
     let base = tmp("merge-bad");
     let sp = spec(true, StoreDtype::F32);
