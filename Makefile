@@ -40,8 +40,15 @@ build: setup
 	@echo "[build] cargo build --release (the first build compiles libtorch bindings: several minutes)"
 	@$(CARGO) build --release --workspace --all-targets
 
+# The main job: the set-up report, then a short refusal transfer (Qwen2.5-Coder 0.5B -> 1.5B, small prompt
+# sets) into $(DEMO_OUT); a second run reuses its store, maps, vectors and completions. The full-size run and
+# its figures: docs/RESULTS.md.
+DEMO_OUT ?= runs/demo
+DEMO_ARGS ?= --source-layer 16 --target-layer 19 --maps ridge --map-docs 80 --vector-prompts 40 \
+  --selection-prompts 10 --test-prompts 12 --max-new-tokens 12 --completions 4 --kl-docs 2
 demo: models build
-	@$(CARGO) run --release --quiet --example demo
+	@$(CARGO) run --release --quiet --example demo -- --inventory-only
+	@$(CARGO) run --release --quiet --example refusal_transfer -- --out $(DEMO_OUT) $(DEMO_ARGS)
 
 # A crate outside the workspace that depends on Rosetta by path (tests/downstream), built from outside the
 # repository so that .cargo/config.toml does not apply: it gets only what the README asks of a user (LIBTORCH,

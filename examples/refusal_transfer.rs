@@ -26,8 +26,10 @@
 //!   judged by the eval crate's refusal phrases in greedy completions.
 //!
 //! Layers: given, or chosen by Arditi's selection on the validation split (slow on a CPU: minutes per
-//! model). Strength: given, or the smallest of 1, 2, 3, 4, 6, 8 at which the *native* vector makes half of
-//! the validation harmless prompts refuse; every vector is added with the same strength.
+//! model). Strength: given (the same for every vector), or chosen per vector as the smallest of 1, 2, 3,
+//! 4, 6, 8 at which it makes half of the validation harmless prompts refuse — what a user of a transferred
+//! vector can do in the target without its native direction; the random floor takes the strength of the
+//! transferred vector it is norm-matched to.
 //!
 //! Everything lands in `--out`: `stores/`, `maps/`, `vectors/`, `cache/` (completions, by a key of everything
 //! they depend on) and `report.{json,md}` with plots. A second run reuses all of it.
@@ -39,6 +41,7 @@ use clap::Parser;
 use rosetta::eval::plot::{bar_chart, histogram, BarChart, Histogram};
 use rosetta::eval::report::{Cell, Report, Section, Table};
 use rosetta::eval::{is_refusal, perplexity, rouge};
+use rosetta::hooks::weights::write_file_atomic;
 use rosetta::hooks::{
     Batch, ChatMessage, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, PaddingSide,
     Positions, Tokenizer,
@@ -122,7 +125,7 @@ struct Args {
     /// Test prompts per label.
     #[arg(long, default_value_t = 40)]
     test_prompts: usize,
-    /// Strength every vector is added with (default: chosen on validation with the native vector).
+    /// Strength every vector is added with (default: chosen per vector on the validation split).
     #[arg(long)]
     alpha: Option<f64>,
     /// New tokens per test completion.
@@ -140,6 +143,11 @@ struct Args {
     /// Also evaluate the offset and linear recipes' effects (their fidelity is always reported).
     #[arg(long)]
     all_recipes: bool,
+    /// Instead of the experiment: for every pair of layers `S1-S2:T1-T2` (`resid_pre`), fit a ridge map on
+    /// the map data in memory and print how well it carries the source's refusal direction to the target's
+    /// (cosine to native), then stop. One forward pass per model; picks the layers to pass.
+    #[arg(long, value_name = "S1-S2:T1-T2")]
+    sweep_layers: Option<String>,
     /// Prompts per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
@@ -162,11 +170,7 @@ struct InputRow {
 }
 
 fn data_file(arg: &Option<PathBuf>, default: &str) -> PathBuf {
-    arg.clone().unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tasks/data")
-            .join(default)
-    })
+    arg.clone().unwrap_or_else(|| common::task_data(default))
 }
 
 /// Read a prompt JSONL file; every error names the file and line.
@@ -288,9 +292,8 @@ impl Cache {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.entries)?)?;
-        std::fs::rename(&tmp, &self.path)?;
+        write_file_atomic(&self.path, &serde_json::to_vec_pretty(&self.entries)?)
+            .with_context(|| format!("writing {}", self.path.display()))?;
         Ok(())
     }
 }
@@ -665,6 +668,37 @@ fn load_or<F: FnOnce() -> Result<SteeringVector>>(
     Ok(v)
 }
 
+/// Strengths tried, smallest first, when `--alpha` is not given.
+const ALPHAS: [f64; 6] = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0];
+
+/// The strength a vector is added with.
+#[derive(Clone, Copy, Serialize)]
+struct AlphaChoice {
+    alpha: f64,
+    /// Chosen on validation: whether it made half the harmless prompts refuse (`None`: given by --alpha).
+    reached: Option<bool>,
+}
+
+impl std::fmt::Display for AlphaChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.reached {
+            Some(false) => write!(f, "{} (50% not reached)", self.alpha),
+            _ => write!(f, "{}", self.alpha),
+        }
+    }
+}
+
+/// One row of the held-out refusal table.
+#[derive(Serialize)]
+struct EffectRow {
+    name: String,
+    alpha: Option<AlphaChoice>,
+    /// Refusal on harmless test prompts with the vector added.
+    induced: f64,
+    /// Refusal on harmful test prompts with the direction ablated.
+    ablated: f64,
+}
+
 /// A transferred vector under evaluation.
 struct Candidate {
     name: String,
@@ -899,6 +933,139 @@ fn mapped_completions(
 
 // ----------------------------------------------------------------------------------------------- main
 
+// ------------------------------------------------------------------------------------- layer sweep
+
+fn parse_range(s: &str, n: usize, what: &str) -> Result<Vec<usize>> {
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("--sweep-layers: {what} range {s:?} is not A-B"))?;
+    let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
+    if a > b || b >= n {
+        bail!("--sweep-layers: {what} range {s:?} must satisfy A <= B < {n} (layers)");
+    }
+    Ok((a..=b).collect())
+}
+
+/// Cosine to the target's native refusal direction of the source's direction carried by a ridge map, for
+/// every pair of layers: one forward pass per model over the map data (every token of every chat, paired
+/// position by position: the models share a tokenizer) and over the vector data.
+fn sweep_layers(
+    spec: &str,
+    src: &Side,
+    tgt: &Side,
+    map_docs: &[Prompt],
+    vector_data: &Contrast,
+    out: &Path,
+    batch: usize,
+) -> Result<()> {
+    let (a, b) = spec
+        .split_once(':')
+        .context("--sweep-layers takes S1-S2:T1-T2")?;
+    let sl = parse_range(a, src.model.num_layers(), "source")?;
+    let tl = parse_range(b, tgt.model.num_layers(), "target")?;
+    let t0 = Instant::now();
+    let capture = |side: &Side, layers: &[usize]| -> Result<Vec<Tensor>> {
+        let points: Vec<HookPoint> = layers.iter().map(|&l| HookPoint::ResidPre(l)).collect();
+        let acts = activations_at(
+            &side.model,
+            &side.tok,
+            map_docs,
+            &PositionRule::All,
+            &points,
+            batch,
+        )?;
+        Ok(acts
+            .into_iter()
+            .map(|a| a.acts.to_kind(Kind::Float))
+            .collect())
+    };
+    println!(
+        "capturing {} source and {} target layers over {} map-data documents",
+        sl.len(),
+        tl.len(),
+        map_docs.len()
+    );
+    let xs = capture(src, &sl)?;
+    let ys = capture(tgt, &tl)?;
+    if xs[0].size()[0] != ys[0].size()[0] {
+        bail!(
+            "the two models read different token counts ({} vs {}): the sweep needs one tokenizer",
+            xs[0].size()[0],
+            ys[0].size()[0]
+        );
+    }
+    let vs = refusal_candidates(&src.model, &src.tok, vector_data, batch)?;
+    let vt = refusal_candidates(&tgt.model, &tgt.tok, vector_data, batch)?;
+    let dir = |v: &SteeringVector, l: usize| -> Result<Tensor> {
+        Ok(v.entry(HookPoint::ResidPre(l))
+            .with_context(|| format!("no candidate at resid_pre.{l}"))?
+            .direction
+            .to_kind(Kind::Float))
+    };
+    let device = src.model.device();
+    let mut header = vec!["source layer / target layer".to_string()];
+    header.extend(tl.iter().map(|l| l.to_string()));
+    let mut table = Table::new(
+        format!(
+            "Cosine to native of the ridge-mapped refusal direction ({} map-data documents, {} rows)",
+            map_docs.len(),
+            xs[0].size()[0]
+        ),
+        header,
+    );
+    let mut best = (f64::NEG_INFINITY, 0, 0);
+    let mut cells = Vec::new();
+    for (i, &ls) in sl.iter().enumerate() {
+        let v = dir(&vs, ls)?.to_device(device);
+        let mut row = vec![Cell::from(ls.to_string())];
+        for (j, &lt) in tl.iter().enumerate() {
+            let mut m =
+                CrossMoments::new(xs[i].size()[1], ys[j].size()[1], Precision::F32, device)?;
+            m.update(&xs[i], &ys[j])?;
+            let map = fit_ridge(
+                &m,
+                &RidgeOptions {
+                    alpha: 1e-4,
+                    relative: true,
+                },
+                device,
+            )?;
+            let both = Tensor::stack(&[v.shallow_clone(), v.zeros_like()], 0);
+            let y = map.forward(&both)?;
+            let carried = y.get(0) - y.get(1);
+            let native = dir(&vt, lt)?.to_device(device);
+            let cos = carried.dot(&native).double_value(&[])
+                / (carried.norm().double_value(&[]) * native.norm().double_value(&[]));
+            if cos > best.0 {
+                best = (cos, ls, lt);
+            }
+            cells.push(serde_json::json!({"source": ls, "target": lt, "cosine": cos}));
+            row.push(Cell::from(cos));
+        }
+        table.push_row(row)?;
+    }
+    let md = table.to_markdown();
+    println!("{md}");
+    println!(
+        "best pair: source resid_pre.{} -> target resid_pre.{} (cosine {:.3}); {:.0}s",
+        best.1,
+        best.2,
+        best.0,
+        t0.elapsed().as_secs_f64()
+    );
+    let path = out.join("layer-sweep.json");
+    let text = serde_json::to_string_pretty(&serde_json::json!({
+        "source": src.identity.id, "target": tgt.identity.id, "map_docs": map_docs.len(),
+        "vector_data": [vector_data.positive.len(), vector_data.negative.len()],
+        "pairs": cells, "best": {"source": best.1, "target": best.2, "cosine": best.0},
+    }))?;
+    write_file_atomic(&path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    write_file_atomic(&out.join("layer-sweep.md"), format!("{md}\n").as_bytes())?;
+    println!("written: {} and layer-sweep.md", path.display());
+    Ok(())
+}
+
 fn fmt_pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
@@ -1012,6 +1179,12 @@ fn main() -> Result<()> {
         harmful_test.len(),
         harmless_test.len()
     );
+
+    if let Some(spec) = &args.sweep_layers {
+        step("layer pairs");
+        let docs = &map_docs[..map_docs.len().min(args.map_docs.unwrap_or(200))];
+        return sweep_layers(spec, &src, &tgt, docs, &vector_data, &out, args.batch_size);
+    }
 
     step("layers");
     let pick_layer = |side: &Side, given: Option<usize>| -> Result<usize> {
@@ -1173,59 +1346,99 @@ fn main() -> Result<()> {
         args: &args,
         cache: Cache::open(out.join("cache/completions.json"))?,
     };
-    let alpha = match args.alpha {
-        Some(a) => a,
-        None => {
-            if selection.negative.is_empty() {
-                bail!("choosing the strength needs harmless validation rows (or pass --alpha)");
-            }
-            let mut chosen = None;
-            for a in [1.0, 2.0, 3.0, 4.0, 6.0, 8.0] {
-                let texts = effects.run(
-                    &format!("validation, native added, alpha {a}"),
-                    &selection.negative,
-                    Some(&native),
-                    Op::Add(a),
-                )?;
-                if refusal_rate(&texts) >= 0.5 {
-                    chosen = Some(a);
-                    break;
-                }
-            }
-            chosen
-                .context("no strength up to 8 makes half the validation harmless prompts refuse")?
+    // Strength: given, or chosen per vector on the validation harmless prompts (what a user of the
+    // transferred vector can do in the target without its native direction). The random floor takes the
+    // strength of the transferred vector it is norm-matched to.
+    if args.alpha.is_none() && selection.negative.is_empty() {
+        bail!("choosing the strength needs harmless validation rows (or pass --alpha)");
+    }
+    let strength = |effects: &mut Effects, name: &str, v: &SteeringVector| -> Result<AlphaChoice> {
+        if let Some(a) = args.alpha {
+            return Ok(AlphaChoice {
+                alpha: a,
+                reached: None,
+            });
         }
+        for a in ALPHAS {
+            let texts = effects.run(
+                &format!("validation, {name} added, alpha {a}"),
+                &selection.negative,
+                Some(v),
+                Op::Add(a),
+            )?;
+            if refusal_rate(&texts) >= 0.5 {
+                return Ok(AlphaChoice {
+                    alpha: a,
+                    reached: Some(true),
+                });
+            }
+        }
+        Ok(AlphaChoice {
+            alpha: ALPHAS[ALPHAS.len() - 1],
+            reached: Some(false),
+        })
     };
-    println!("strength alpha = {alpha} for every vector");
-    let mut rows: Vec<(String, f64, f64)> = Vec::new();
+    let mut rows: Vec<EffectRow> = Vec::new();
     let none_induce =
         refusal_rate(&effects.run("harmless, no vector", &harmless_test, None, Op::None)?);
     let none_ablate =
         refusal_rate(&effects.run("harmful, no vector", &harmful_test, None, Op::None)?);
-    rows.push(("none".into(), none_induce, none_ablate));
-    let mut eval_one = |name: &str, v: &SteeringVector| -> Result<(f64, f64)> {
-        let i = refusal_rate(&effects.run(
+    rows.push(EffectRow {
+        name: "none".into(),
+        alpha: None,
+        induced: none_induce,
+        ablated: none_ablate,
+    });
+    let eval_one = |effects: &mut Effects,
+                    name: &str,
+                    v: &SteeringVector,
+                    s: AlphaChoice|
+     -> Result<EffectRow> {
+        let induced = refusal_rate(&effects.run(
             &format!("harmless, {name} added"),
             &harmless_test,
             Some(v),
-            Op::Add(alpha),
+            Op::Add(s.alpha),
         )?);
-        let a = refusal_rate(&effects.run(
+        let ablated = refusal_rate(&effects.run(
             &format!("harmful, {name} ablated"),
             &harmful_test,
             Some(v),
             Op::Ablate,
         )?);
-        Ok((i, a))
+        Ok(EffectRow {
+            name: name.to_string(),
+            alpha: Some(s),
+            induced,
+            ablated,
+        })
     };
-    let (ni, na) = eval_one("native", &native)?;
-    rows.push(("native (target's own)".into(), ni, na));
-    for c in candidates.iter().filter(|c| c.evaluate) {
-        let (i, a) = eval_one(&c.name, &c.vector)?;
-        rows.push((c.name.clone(), i, a));
+    let s = strength(&mut effects, "native", &native)?;
+    if s.reached == Some(false) {
+        bail!(
+            "no strength up to {} makes half the validation harmless prompts refuse with the native vector",
+            ALPHAS[ALPHAS.len() - 1]
+        );
     }
-    let (ri, ra) = eval_one("random", &random)?;
-    rows.push(("random (norm-matched)".into(), ri, ra));
+    let native_row = eval_one(&mut effects, "native (target's own)", &native, s)?;
+    let (ni, na) = (native_row.induced, native_row.ablated);
+    rows.push(native_row);
+    let mut primary_strength = None;
+    for (k, c) in candidates.iter().filter(|c| c.evaluate).enumerate() {
+        let s = strength(&mut effects, &c.name, &c.vector)?;
+        if k == 0 {
+            primary_strength = Some(s);
+        }
+        rows.push(eval_one(&mut effects, &c.name, &c.vector, s)?);
+    }
+    let random_row = eval_one(
+        &mut effects,
+        "random (norm-matched)",
+        &random,
+        primary_strength.context("no transferred vector evaluated")?,
+    )?;
+    let ri = random_row.induced;
+    rows.push(random_row);
 
     step("mapped completions");
     let half = args.completions.div_ceil(2);
@@ -1266,7 +1479,8 @@ fn main() -> Result<()> {
         "args": args,
         "source_point": sp.to_string(),
         "target_point": tp.to_string(),
-        "alpha": alpha,
+        "alpha": args.alpha,
+        "effects": &rows,
         "sizes": {
             "map_docs": map_docs.len(),
             "vector_data": [vector_data.positive.len(), vector_data.negative.len()],
@@ -1332,18 +1546,20 @@ fn main() -> Result<()> {
         ])?;
     }
     let mut et = Table::new(
-        format!("Held-out test prompts (alpha {alpha}; refusal by phrase list)"),
+        "Held-out test prompts (refusal by phrase list)",
         [
             "vector",
+            "alpha",
             "harmless: refusal with vector added",
             "harmful: refusal with direction ablated",
         ],
     );
-    for (name, i, a) in &rows {
+    for r in &rows {
         et.push_row([
-            Cell::from(name.as_str()),
-            Cell::from(fmt_pct(*i)),
-            Cell::from(fmt_pct(*a)),
+            Cell::from(r.name.as_str()),
+            Cell::from(r.alpha.map_or("—".into(), |a| a.to_string())),
+            Cell::from(fmt_pct(r.induced)),
+            Cell::from(fmt_pct(r.ablated)),
         ])?;
     }
     let mut ct = Table::new(
@@ -1369,7 +1585,10 @@ fn main() -> Result<()> {
     }
 
     // The issue's bars, for the first map's mapped-contrast vector.
-    let primary = rows.iter().find(|r| r.0 == candidates[0].name).cloned();
+    let primary = rows
+        .iter()
+        .find(|r| r.name == candidates[0].name)
+        .map(|r| (r.name.clone(), r.induced, r.ablated));
     let mut checks = Vec::new();
     if let Some((name, pi, pa)) = &primary {
         let removed_native = none_ablate - na;
@@ -1425,12 +1644,12 @@ fn main() -> Result<()> {
         })
         .collect::<Vec<_>>()
         .join("\n\n");
-    let categories: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let categories: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
     let bars = bar_chart(
         &out.join("refusal_rates"),
         &BarChart::new("Refusal on held-out prompts", "refusal rate", categories)
-            .with_series("harmless, vector added", rows.iter().map(|r| r.1))
-            .with_series("harmful, direction ablated", rows.iter().map(|r| r.2))
+            .with_series("harmless, vector added", rows.iter().map(|r| r.induced))
+            .with_series("harmful, direction ablated", rows.iter().map(|r| r.ablated))
             .with_y_range(0.0, 1.0),
     )?;
     let kl_plot = histogram(
@@ -1486,8 +1705,11 @@ fn main() -> Result<()> {
         .with_plot("Cosine to native", &fid_plot)
         .with_plot("KL histogram", &kl_plot)
         .with_note(format!(
-            "Source {sp} -> target {tp}. Every vector is added with the same strength at every position of its \
-             layer; ablation projects the direction out of every layer's block input and attention/MLP outputs."
+            "Source {sp} -> target {tp}. Each vector is added at every position of its layer, with `--alpha` \
+             or with the smallest of {ALPHAS:?} at which it makes half the validation harmless prompts refuse \
+             (chosen per vector; the random floor takes the strength of the transferred vector it is \
+             norm-matched to). Ablation projects the direction out of every layer's block input and \
+             attention/MLP outputs."
         ));
     if !selected_text.is_empty() {
         report =
@@ -1503,11 +1725,13 @@ fn main() -> Result<()> {
                 [
                     "vector",
                     "cos to native",
+                    "alpha",
                     "harmless refusal (added)",
                     "harmful refusal (ablated)",
                 ],
             );
-            for (name, i, a) in &rows {
+            for r in &rows {
+                let name = &r.name;
                 let cos = candidates
                     .iter()
                     .find(|c| &c.name == name)
@@ -1524,8 +1748,9 @@ fn main() -> Result<()> {
                 t.push_row([
                     Cell::from(name.as_str()),
                     Cell::from(cos),
-                    Cell::from(fmt_pct(*i)),
-                    Cell::from(fmt_pct(*a)),
+                    Cell::from(r.alpha.map_or("—".into(), |a| a.to_string())),
+                    Cell::from(fmt_pct(r.induced)),
+                    Cell::from(fmt_pct(r.ablated)),
                 ])?;
             }
             t

@@ -108,7 +108,7 @@ fn compute_refusal(
         println!("reusing the refusal direction in {}", out.display());
         return Ok(v);
     }
-    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tasks/data/refusal.jsonl");
+    let default = common::task_data("refusal.jsonl");
     let path = args.data.clone().unwrap_or(default);
     let rows = refusal_data(&path)?;
     let pick = |label: &str, split: &str| -> Vec<Prompt> {

@@ -19,6 +19,14 @@ pub fn model_dir(arg: &str) -> Result<PathBuf> {
         .dir)
 }
 
+/// A data file of the tasks crate (`crates/tasks/data/NAME`), as a clean absolute path.
+pub fn task_data(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tasks/data")
+        .join(name);
+    p.canonicalize().unwrap_or(p)
+}
+
 /// Parse `--device` (`auto`, `cpu`, `cuda`, `cuda:N`); `None` uses `$ROSETTA_DEVICE` or auto.
 pub fn device(arg: Option<&str>) -> Result<Device> {
     Ok(match arg {

@@ -15,6 +15,8 @@
 //! | [`steering`] | `rosetta-steering` | steering vectors and their transfer |
 //! | [`tasks`] | `rosetta-tasks` | datasets and model organisms |
 //! | [`eval`] | `rosetta-eval` | metrics and reports |
+//!
+//! [`guide`] is the user guide (`docs/GUIDE.md`): using the crates from another project, step by step.
 
 #![warn(missing_docs)]
 #![cfg_attr(
@@ -29,3 +31,9 @@ pub use rosetta_model_hooks as hooks;
 pub use rosetta_steering as steering;
 pub use rosetta_tasks as tasks;
 pub use tch;
+
+// docs/GUIDE.md as a module, so `cargo test --doc -p rosetta` compiles (and runs) every example in it.
+// Its programs are whole files a reader copies, `fn main` included.
+#[allow(clippy::needless_doctest_main)]
+#[doc = include_str!("../../../docs/GUIDE.md")]
+pub mod guide {}
