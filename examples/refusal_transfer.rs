@@ -530,6 +530,12 @@ fn map_config(args: &Args) -> TrainConfig {
     }
 }
 
+/// The ridge fit of the maps and of the layer sweep: a small penalty relative to the data's scale.
+const RIDGE: RidgeOptions = RidgeOptions {
+    alpha: 1e-4,
+    relative: true,
+};
+
 /// Fit or train `kind` on `reader` into `dir`, or load it when it is there.
 fn get_map(
     dir: &Path,
@@ -587,10 +593,7 @@ fn get_map(
             let b = b?;
             m.update(&b.x, &b.y.context("store batch without y")?)?;
         }
-        let o = RidgeOptions {
-            alpha: 1e-4,
-            relative: true,
-        };
+        let o = RIDGE;
         let map: AnyMap = fit_ridge(&m, &o, device)?.into();
         (map, serde_json::json!({"fit": o, "rows": m.rows()}))
     };
@@ -1022,14 +1025,7 @@ fn sweep_layers(
             let mut m =
                 CrossMoments::new(xs[i].size()[1], ys[j].size()[1], Precision::F32, device)?;
             m.update(&xs[i], &ys[j])?;
-            let map = fit_ridge(
-                &m,
-                &RidgeOptions {
-                    alpha: 1e-4,
-                    relative: true,
-                },
-                device,
-            )?;
+            let map = fit_ridge(&m, &RIDGE, device)?;
             let both = Tensor::stack(&[v.shallow_clone(), v.zeros_like()], 0);
             let y = map.forward(&both)?;
             let carried = y.get(0) - y.get(1);
