@@ -90,6 +90,10 @@ struct Args {
     /// Compare the rows of this store with --out's, document by document (exit 1 when they differ).
     #[arg(long, value_name = "STORE")]
     compare: Option<PathBuf>,
+    /// Position pairing: auto (identity for identical tokenizers, else char-end), char-end, or naive (the
+    /// paper's position-by-position pairing across tokenizers, for comparisons).
+    #[arg(long, default_value = "auto")]
+    alignment: String,
     /// Device: auto, cpu, cuda, cuda:N (default: $ROSETTA_DEVICE or auto).
     #[arg(long)]
     device: Option<String>,
@@ -268,9 +272,12 @@ fn main() -> Result<()> {
         Some((d, (m, _, p))) => Some(entry(d, *p, m.d_model())?),
         None => None,
     };
-    let alignment = match &target_entry {
-        Some(t) => Alignment::for_hashes(&source_entry.tokenizer_hash, &t.tokenizer_hash),
-        None => Alignment::Identity,
+    let alignment = match (&target_entry, args.alignment.as_str()) {
+        (None, _) => Alignment::Identity,
+        (Some(t), "auto") => Alignment::for_hashes(&source_entry.tokenizer_hash, &t.tokenizer_hash),
+        (Some(_), "char-end") => Alignment::CharEnd,
+        (Some(_), "naive") => Alignment::Naive,
+        (_, other) => bail!("--alignment must be auto, char-end or naive, not {other:?}"),
     };
     let spec = StoreSpec {
         source: source_entry,

@@ -38,18 +38,17 @@ mod common;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use common::pairs::{get_map, load_side, paired_store, Side, RIDGE};
 use rosetta::eval::plot::{bar_chart, histogram, BarChart, Histogram};
 use rosetta::eval::report::{Cell, Report, Section, Table};
 use rosetta::eval::{is_refusal, perplexity, rouge};
 use rosetta::hooks::weights::write_file_atomic;
 use rosetta::hooks::{
-    Batch, ChatMessage, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, PaddingSide,
-    Positions, Tokenizer,
+    Batch, ChatMessage, GenerateOptions, HookPoint, Hooks, PaddingSide, Positions, Tokenizer,
 };
 use rosetta::mapping::{
-    fit_ridge, kl_fidelity, save_map, Affine, AnyMap, Autoencoder, AutoencoderInit, Control,
-    CrossMoments, KlDoc, KlOptions, MapDescription, MapKind, Mapping, Metrics, Precision,
-    RidgeOptions, SavedMap, TrainConfig, TrainEvent, Trainer,
+    fit_ridge, kl_fidelity, CrossMoments, KlDoc, KlOptions, MapKind, Mapping, Metrics, Precision,
+    SavedMap, TrainConfig, Trainer,
 };
 use rosetta::steering::{
     ablate_direction, activations_at, add_vector, encode_all, mean_difference, refusal_candidates,
@@ -57,16 +56,13 @@ use rosetta::steering::{
     Method, ModelIdentity, PositionRule, Prompt, Provenance, Recipe, RefusalConfig, SteeringVector,
     Strength, Transfer, TransferData, VectorEntry, Where,
 };
-use rosetta::store::{
-    collect, tokenizer_hash, Alignment, CollectOptions, CorpusDoc, ModelEntry, ModelSide,
-    PositionFilter, Split, StoreDtype, StoreReader, StoreSpec, StoreWriter, WriterOptions,
-};
+use rosetta::store::{Split, StoreReader};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 #[derive(Parser, Debug, Clone, Serialize)]
 #[command(
@@ -254,13 +250,6 @@ fn need(prompts: Vec<Prompt>, what: &str, path: &Path) -> Result<Vec<Prompt>> {
     Ok(prompts)
 }
 
-fn to_doc(id: i64, p: &Prompt) -> CorpusDoc {
-    match p {
-        Prompt::Text(t) => CorpusDoc::new(id, t),
-        Prompt::Chat(m) => CorpusDoc::chat(id, m.clone()),
-    }
-}
-
 // --------------------------------------------------------------------------------------------- cache
 
 /// Completions and small results by key, in one JSON file rewritten atomically after each addition.
@@ -329,34 +318,6 @@ fn prompts_hash(ps: &[Prompt]) -> String {
 }
 
 // -------------------------------------------------------------------------------------------- models
-
-struct Side {
-    label: &'static str,
-    model: Model,
-    tok: Tokenizer,
-    identity: ModelIdentity,
-}
-
-fn load_side(label: &'static str, arg: &str, device: Device) -> Result<Side> {
-    let dir = common::model_dir(arg)?;
-    let t0 = Instant::now();
-    let model = Model::load(&dir, LoadOptions::default().with_device(device))?;
-    let tok = Tokenizer::from_dir(&dir)?;
-    let identity = ModelIdentity::of(&model)?;
-    println!(
-        "{label:<7} {} ({} layers, d={}, loaded in {:.1}s)",
-        identity.id,
-        model.num_layers(),
-        model.d_model(),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(Side {
-        label,
-        model,
-        tok,
-        identity,
-    })
-}
 
 fn step(msg: &str) {
     println!("\n== {msg}");
@@ -431,85 +392,6 @@ fn choose_layer(
 
 // ---------------------------------------------------------------------------------------------- store
 
-fn model_entry(side: &Side, point: HookPoint) -> Result<ModelEntry> {
-    let dir = side.model.dir();
-    Ok(ModelEntry {
-        id: side.identity.id.clone(),
-        dir: dir.display().to_string(),
-        tokenizer_hash: tokenizer_hash(dir)?,
-        hook_point: point.to_string(),
-        dim: side.model.d_model(),
-    })
-}
-
-/// Collect (or finish collecting) the paired store of `docs` at `sp` -> `tp`.
-fn paired_store(
-    dir: &Path,
-    src: &Side,
-    sp: HookPoint,
-    tgt: &Side,
-    tp: HookPoint,
-    docs: &[Prompt],
-    batch: usize,
-) -> Result<StoreReader> {
-    let source = model_entry(src, sp)?;
-    let target = model_entry(tgt, tp)?;
-    let alignment = Alignment::for_hashes(&source.tokenizer_hash, &target.tokenizer_hash);
-    let spec = StoreSpec {
-        source,
-        target: Some(target),
-        dtype: StoreDtype::F32,
-        alignment,
-        seed: 0,
-    };
-    let (mut writer, resume) = StoreWriter::open_or_resume(dir, spec, WriterOptions::default())?;
-    let todo = docs.len() - resume.stored_docs.len().min(docs.len());
-    if todo == 0 {
-        println!(
-            "store {}: {} documents (collected before)",
-            dir.display(),
-            docs.len()
-        );
-    } else {
-        let t0 = Instant::now();
-        let pb = common::progress(docs.len() as u64, "docs");
-        let report = collect(
-            ModelSide {
-                model: &src.model,
-                tokenizer: &src.tok,
-                point: sp,
-            },
-            Some(ModelSide {
-                model: &tgt.model,
-                tokenizer: &tgt.tok,
-                point: tp,
-            }),
-            docs.iter().enumerate().map(|(i, p)| to_doc(i as i64, p)),
-            &mut writer,
-            &CollectOptions {
-                batch_size: batch,
-                window: 32 * batch,
-                filter: PositionFilter::All,
-                max_tokens: 512,
-            },
-            |p| {
-                pb.set_position(p.docs as u64);
-                pb.set_message(format!("{} rows", p.rows));
-            },
-        )?;
-        pb.finish_and_clear();
-        println!(
-            "store {}: {} documents, {:.0} source tokens/s, {:.0}s",
-            dir.display(),
-            report.docs,
-            report.tokens_per_second(),
-            t0.elapsed().as_secs_f64()
-        );
-    }
-    writer.finish()?;
-    Ok(StoreReader::open(dir)?)
-}
-
 // ----------------------------------------------------------------------------------------------- maps
 
 /// A fitted or trained map with its validation metrics.
@@ -528,91 +410,6 @@ fn map_config(args: &Args) -> TrainConfig {
         seed: args.seed,
         ..TrainConfig::default()
     }
-}
-
-/// The ridge fit of the maps and of the layer sweep: a small penalty relative to the data's scale.
-const RIDGE: RidgeOptions = RidgeOptions {
-    alpha: 1e-4,
-    relative: true,
-};
-
-/// Fit or train `kind` on `reader` into `dir`, or load it when it is there.
-fn get_map(
-    dir: &Path,
-    kind: MapKind,
-    reader: &StoreReader,
-    config: &TrainConfig,
-    device: Device,
-) -> Result<SavedMap> {
-    if dir.join("map.json").exists() {
-        let saved = SavedMap::load(dir, device)?;
-        println!(
-            "map {}: {} (trained before)",
-            dir.display(),
-            saved.info.kind
-        );
-        return Ok(saved);
-    }
-    let spec = reader.manifest().spec.clone();
-    let target = spec.target.clone().context("the store is not paired")?;
-    let trainer =
-        Trainer::new(reader, config.clone(), device)?.with_checkpoints(dir.join("checkpoints"));
-    let t0 = Instant::now();
-    let (map, training): (AnyMap, serde_json::Value) = if kind.is_trained() {
-        tch::manual_seed(config.seed as i64);
-        let map: AnyMap = match kind {
-            MapKind::Autoencoder => Autoencoder::new(
-                spec.source.dim,
-                target.dim,
-                None,
-                AutoencoderInit::Default,
-                device,
-            )?
-            .into(),
-            _ => Affine::new(spec.source.dim, target.dim, device)?.into(),
-        };
-        let pb = common::progress(config.steps.unwrap_or(0), "steps");
-        let mut batches = 0u64;
-        let out = trainer.train(map, &mut |e| {
-            if let TrainEvent::Batch { .. } = e {
-                batches += 1;
-                pb.set_position(batches / config.grad_accum.max(1) as u64);
-            }
-            Control::Continue
-        })?;
-        pb.finish_and_clear();
-        for w in &out.warnings {
-            eprintln!("*** WARNING ({kind}): {w}");
-        }
-        let t = serde_json::json!({"config": config, "steps": out.steps, "stop": out.stop,
-            "warnings": out.warnings});
-        (out.map, t)
-    } else {
-        let mut m = CrossMoments::new(spec.source.dim, target.dim, Precision::F32, device)?;
-        for b in reader.batches(4096, None, Split::Train(trainer.split()))? {
-            let b = b?;
-            m.update(&b.x, &b.y.context("store batch without y")?)?;
-        }
-        let o = RIDGE;
-        let map: AnyMap = fit_ridge(&m, &o, device)?.into();
-        (map, serde_json::json!({"fit": o, "rows": m.rows()}))
-    };
-    let validation = trainer.evaluate(&map)?;
-    let desc = MapDescription {
-        source: Some((&spec.source).into()),
-        target: Some((&target).into()),
-        standardized: false,
-        training: Some(training),
-        metrics: validation,
-    };
-    save_map(dir, &map, &desc)?;
-    println!(
-        "map {}: {kind} in {:.0}s, validation FVU {}",
-        dir.display(),
-        t0.elapsed().as_secs_f64(),
-        validation.map_or("-".into(), |m| format!("{:.4}", m.fvu))
-    );
-    SavedMap::load(dir, device).map_err(Into::into)
 }
 
 // ------------------------------------------------------------------------------------------- vectors

@@ -1,6 +1,8 @@
 //! Helpers shared by the example binaries: device / dtype flags, JSONL prompt files, progress bars.
 #![allow(dead_code)] // each example uses a subset
 
+pub mod pairs;
+
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rosetta::hooks::{ChatMessage, Encoded, Tokenizer};

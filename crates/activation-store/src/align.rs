@@ -4,7 +4,12 @@
 //! summarises the text up to the END of that token's span (causal attention), so two rows are comparable
 //! when their tokens end at the same character of the shared text. [`Alignment::CharEnd`] keeps exactly
 //! those pairs; [`Alignment::Identity`] pairs `i` with `i` and is only valid for identical tokenizers
-//! (same [`tokenizer_hash`]).
+//! (same [`tokenizer_hash`]). [`Alignment::Naive`] pairs `i` with `i` whatever the tokens (the paper's
+//! cross-tokenizer baseline): a control that measures what real alignment buys, never chosen by default.
+//!
+//! [`align`] gives the training pairs. Using a map patches positions of the target, and a patched run
+//! across tokenizers also needs a source row for target tokens whose end no source token shares:
+//! [`target_sources`] gives, for every target token, the source row that stands in for it.
 //!
 //! # Special and template tokens
 //!
@@ -34,6 +39,9 @@ pub enum Alignment {
     Identity,
     /// Positions whose token spans end at the same character offset of the shared text.
     CharEnd,
+    /// Position `i` pairs with position `i` up to the shorter encoding, whatever the tokens and texts (the
+    /// paper's cross-tokenizer pairing, which only resized masks). A baseline for comparisons only.
+    Naive,
 }
 
 impl Alignment {
@@ -98,9 +106,11 @@ pub struct Aligned {
 ///
 /// `Identity` requires equal token ids (it is meant for identical tokenizers) and keeps every position;
 /// `CharEnd` keeps the tokens whose spans end at the same character (see the module docs for special
-/// tokens). Errors when the texts differ or when `Identity` is asked of different token sequences.
+/// tokens); `Naive` pairs `i` with `i` for `i` below the shorter length (it accepts different texts, as
+/// the paper's pairing of two rendered chats did). Errors when the texts differ (except for `Naive`) or
+/// when `Identity` is asked of different token sequences.
 pub fn align(strategy: Alignment, a: &Encoded, b: &Encoded) -> Result<Aligned> {
-    if a.text != b.text {
+    if strategy != Alignment::Naive && a.text != b.text {
         return Err(StoreError::Alignment(format!(
             "the encodings are of different texts ({} and {} characters); align the shared user text",
             a.text.chars().count(),
@@ -133,6 +143,7 @@ pub fn align(strategy: Alignment, a: &Encoded, b: &Encoded) -> Result<Aligned> {
             (0..a.ids.len()).map(|i| (i, i)).collect()
         }
         Alignment::CharEnd => char_end_pairs(a, b),
+        Alignment::Naive => (0..a.ids.len().min(b.ids.len())).map(|i| (i, i)).collect(),
     };
     Ok(Aligned {
         report: KeepReport {
@@ -180,6 +191,52 @@ fn char_end_pairs(a: &Encoded, b: &Encoded) -> Vec<(usize, usize)> {
         }
     }
     pairs
+}
+
+/// For every token of the target encoding `b`, the source token of `a` whose row stands in for it when
+/// every target position is patched with mapped source rows (`None`: the strategy has no row for it).
+///
+/// - `Identity`: token `j` itself (identical token sequences required, as in [`align`]).
+/// - `CharEnd`: the last source token whose span ends at or before the end of target token `j`: the row
+///   that has read the most of the text without reading past `j` (exactly `j`'s pair when [`align`] pairs
+///   it). `None` for target tokens with no text (empty span or flagged special) and for those that end
+///   before any source token does.
+/// - `Naive`: token `j` for `j` below the source length, else `None`.
+///
+/// The result has `b.ids.len()` entries and is non-decreasing where defined.
+pub fn target_sources(strategy: Alignment, a: &Encoded, b: &Encoded) -> Result<Vec<Option<usize>>> {
+    let n = b.ids.len();
+    Ok(match strategy {
+        Alignment::Identity | Alignment::Naive => {
+            if strategy == Alignment::Identity {
+                align(strategy, a, b)?;
+            }
+            (0..n).map(|j| (j < a.ids.len()).then_some(j)).collect()
+        }
+        Alignment::CharEnd => {
+            if a.text != b.text {
+                return Err(StoreError::Alignment(format!(
+                    "the encodings are of different texts ({} and {} characters); align the shared user text",
+                    a.text.chars().count(),
+                    b.text.chars().count()
+                )));
+            }
+            let ea = ends(a);
+            let mut k = 0; // ea[..k] end at or before the current target end
+            let mut out = Vec::with_capacity(n);
+            for (j, &(start, end)) in b.offsets.iter().enumerate() {
+                if start >= end || b.special.get(j).copied().unwrap_or(false) {
+                    out.push(None);
+                    continue;
+                }
+                while k < ea.len() && ea[k].0 <= end {
+                    k += 1;
+                }
+                out.push(k.checked_sub(1).map(|i| ea[i].1));
+            }
+            out
+        }
+    })
 }
 
 /// Ids of the tokenizer's added tokens marked special (`<|im_start|>`, `<bos>`, `<end_of_turn>`, ...).
@@ -299,6 +356,34 @@ mod tests {
             align(Alignment::CharEnd, &a, &b).unwrap().pairs,
             vec![(1, 0), (2, 1)]
         );
+    }
+
+    #[test]
+    fn naive_pairs_positions_up_to_the_shorter() {
+        let a = enc("hello world", &[(0, 0), (0, 5), (5, 11)]);
+        let b = enc("hello there!", &[(0, 3), (3, 5), (5, 8), (8, 12)]);
+        let al = align(Alignment::Naive, &a, &b).unwrap();
+        assert_eq!(al.pairs, vec![(0, 0), (1, 1), (2, 2)]);
+        assert_eq!(
+            target_sources(Alignment::Naive, &a, &b).unwrap(),
+            vec![Some(0), Some(1), Some(2), None]
+        );
+    }
+
+    #[test]
+    fn target_sources_fill_with_the_last_complete_source_row() {
+        // Source "hello| world" (with a BOS), target "hel|lo| wo|rld" plus an end token.
+        let a = enc("hello world", &[(0, 0), (0, 5), (5, 11)]);
+        let b = enc("hello world", &[(0, 3), (3, 5), (5, 8), (8, 11), (11, 11)]);
+        let s = target_sources(Alignment::CharEnd, &a, &b).unwrap();
+        assert_eq!(s, vec![None, Some(1), Some(1), Some(2), None]);
+        // Exact pairs agree with `align`.
+        for (i, j) in align(Alignment::CharEnd, &a, &b).unwrap().pairs {
+            assert_eq!(s[j], Some(i));
+        }
+        let c = enc("hello world", &[(0, 5), (5, 11)]);
+        assert!(target_sources(Alignment::Identity, &a, &c).is_err());
+        assert!(target_sources(Alignment::CharEnd, &a, &enc("hello", &[(0, 5)])).is_err());
     }
 
     #[test]

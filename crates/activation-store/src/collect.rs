@@ -218,6 +218,7 @@ fn pair(
         }
         Alignment::Identity => align(strategy, &a.encoded, &b.encoded),
         Alignment::CharEnd => align(strategy, &a.shared_view(), &b.shared_view()),
+        Alignment::Naive => align(strategy, &a.encoded, &b.encoded),
     }
 }
 

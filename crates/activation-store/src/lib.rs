@@ -91,7 +91,8 @@ pub mod stats;
 pub mod writer;
 
 pub use align::{
-    align, mark_special_tokens, special_token_ids, tokenizer_hash, Aligned, Alignment, KeepReport,
+    align, mark_special_tokens, special_token_ids, target_sources, tokenizer_hash, Aligned,
+    Alignment, KeepReport,
 };
 pub use chat::{chat_content_text, render_chat, ContentSpan, DocEncoding};
 pub use collect::{

@@ -144,6 +144,49 @@ fn identical_tokenizers_keep_everything() {
 }
 
 #[test]
+fn target_sources_across_real_tokenizers() {
+    let (Some(ds), Some(dg), Some(dq)) = (zoo(SMOL), zoo(GEMMA), zoo(QWEN)) else {
+        return;
+    };
+    let tq = Tokenizer::from_dir(&dq).unwrap();
+    for src in [ds, dg] {
+        let ts = Tokenizer::from_dir(&src).unwrap();
+        for text in ENGLISH.iter().chain(OTHER) {
+            let (a, b) = (
+                ts.encode(text, true).unwrap(),
+                tq.encode(text, true).unwrap(),
+            );
+            let fill = target_sources(Alignment::CharEnd, &a, &b).unwrap();
+            assert_eq!(fill.len(), b.ids.len());
+            // Exact pairs are kept; every other row has read no further than the target token.
+            for (i, j) in align(Alignment::CharEnd, &a, &b).unwrap().pairs {
+                assert_eq!(fill[j], Some(i), "{text:?}");
+            }
+            let mut last = 0;
+            for (j, f) in fill.iter().enumerate() {
+                if let Some(i) = *f {
+                    assert!(
+                        a.offsets[i].1 <= b.offsets[j].1,
+                        "{text:?}: {i} reads past {j}"
+                    );
+                    assert!(i >= last, "fill not monotone in {text:?}");
+                    last = i;
+                }
+            }
+            let filled = fill.iter().filter(|f| f.is_some()).count();
+            assert!(
+                filled * 10 >= b.ids.len() * 9,
+                "{filled} of {} filled in {text:?}",
+                b.ids.len()
+            );
+            // Naive pairing needs no shared text and pairs index with index.
+            let naive = align(Alignment::Naive, &a, &b).unwrap();
+            assert_eq!(naive.report.kept, a.ids.len().min(b.ids.len()));
+        }
+    }
+}
+
+#[test]
 fn special_tokens_in_text_are_never_paired() {
     let (Some(ds), Some(dq)) = (zoo(SMOL), zoo(QWEN)) else {
         return;

