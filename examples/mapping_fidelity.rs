@@ -132,27 +132,22 @@ fn parse_pairs(s: &str) -> Result<Vec<PairSpec>> {
 
 /// Read the documents: `--join` consecutive rows per document.
 fn read_docs(path: &Path, join: usize) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-        let t = ["text", "instruction", "prompt"]
-            .iter()
-            .find_map(|k| v.get(*k).and_then(|x| x.as_str()))
-            .with_context(|| {
-                format!(
-                    "{}:{}: a row needs a string \"text\", \"instruction\" or \"prompt\"",
-                    path.display(),
-                    i + 1
-                )
-            })?;
-        rows.push(t.trim().to_string());
-    }
+    let rows = common::jsonl_values(path)?
+        .into_iter()
+        .map(|(i, v)| {
+            let t = ["text", "instruction", "prompt"]
+                .iter()
+                .find_map(|k| v.get(*k).and_then(|x| x.as_str()))
+                .with_context(|| {
+                    format!(
+                        "{}:{}: a row needs a string \"text\", \"instruction\" or \"prompt\"",
+                        path.display(),
+                        i + 1
+                    )
+                })?;
+            Ok(t.trim().to_string())
+        })
+        .collect::<Result<Vec<String>>>()?;
     let docs: Vec<String> = rows
         .chunks(join.max(1))
         .map(|c| c.join("\n"))
@@ -776,14 +771,7 @@ fn main() -> Result<()> {
     let (json, md) = report.write(&args.out)?;
     println!("\n{}", table.to_markdown());
     println!("{check_text}");
-    println!(
-        "\nreport: {} and {}; plots: {}, {} ({:.0}s in all)",
-        md.display(),
-        json.display(),
-        kl_plot.png.display(),
-        rouge_plot.png.display(),
-        t_start.elapsed().as_secs_f64()
-    );
+    common::print_written(&md, &json, &[&kl_plot, &rouge_plot], t_start);
     Ok(())
 }
 

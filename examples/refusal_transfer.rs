@@ -171,16 +171,9 @@ fn data_file(arg: &Option<PathBuf>, default: &str) -> PathBuf {
 
 /// Read a prompt JSONL file; every error names the file and line.
 fn read_prompts(path: &Path) -> Result<Vec<InputRow>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
+    for (i, v) in common::jsonl_values(path)? {
         let at = || format!("{}:{}", path.display(), i + 1);
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
         let s = |k: &str| -> Result<Option<String>> {
             match v.get(k) {
                 None | Some(serde_json::Value::Null) => Ok(None),
@@ -217,9 +210,6 @@ fn read_prompts(path: &Path) -> Result<Vec<InputRow>> {
             label,
             split: s("split")?,
         });
-    }
-    if rows.is_empty() {
-        bail!("{}: no rows", path.display());
     }
     Ok(rows)
 }
@@ -403,13 +393,7 @@ struct MapRow {
 }
 
 fn map_config(args: &Args) -> TrainConfig {
-    TrainConfig {
-        steps: Some(args.train_steps),
-        validation_fraction: 0.1,
-        split_seed: args.seed,
-        seed: args.seed,
-        ..TrainConfig::default()
-    }
+    common::pairs::map_train_config(args.train_steps, args.seed)
 }
 
 // ------------------------------------------------------------------------------------------- vectors
@@ -1550,14 +1534,6 @@ fn main() -> Result<()> {
         })
     );
     println!("{check_text}");
-    println!(
-        "\nreport: {} and {}; plots: {}, {}, {} ({:.0}s in all)",
-        md.display(),
-        json.display(),
-        bars.png.display(),
-        fid_plot.png.display(),
-        kl_plot.png.display(),
-        t_start.elapsed().as_secs_f64()
-    );
+    common::print_written(&md, &json, &[&bars, &fid_plot, &kl_plot], t_start);
     Ok(())
 }

