@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each example uses a subset
 
 pub mod pairs;
+pub mod removal;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};

