@@ -427,8 +427,21 @@ trait Draw {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult;
 }
 
-fn title_font() -> TextStyle<'static> {
-    (FAMILY, 22).into_font().into()
+/// The title font: 22 px, shrunk (down to 12 px) until `title` fits the area's width with the margins, so
+/// a long title is not cut off at the edges.
+fn title_font<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+) -> TextStyle<'static> {
+    let room = root.dim_in_pixel().0.saturating_sub(2 * 14);
+    let style = |size: u32| -> TextStyle<'static> { (FAMILY, size).into_font().into() };
+    (12..=22)
+        .rev()
+        .find(|&size| {
+            root.estimate_text_size(title, &style(size))
+                .is_ok_and(|(w, _)| w <= room)
+        })
+        .map_or_else(|| style(12), style)
 }
 
 fn label_font() -> TextStyle<'static> {
@@ -457,7 +470,7 @@ impl Draw for LineChart {
         };
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, title_font())
+            .caption(&self.title, title_font(root, &self.title))
             .margin(14)
             .x_label_area_size(48)
             .y_label_area_size(64)
@@ -534,7 +547,7 @@ impl Draw for Histogram {
         let width = (hi - lo) / self.bins as f64;
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, title_font())
+            .caption(&self.title, title_font(root, &self.title))
             .margin(14)
             .x_label_area_size(48)
             .y_label_area_size(64)
@@ -626,7 +639,7 @@ impl Draw for BarChart {
         };
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, title_font())
+            .caption(&self.title, title_font(root, &self.title))
             .margin(14)
             .x_label_area_size(40)
             .y_label_area_size(64)

