@@ -8,6 +8,10 @@
 //! cargo run --release --example make_organism -- --base smollm2-135m-instruct --task corrupted --out runs/organisms/smollm2-corrupted
 //! cargo run --release --example make_organism -- --base qwen2.5-coder-0.5b-instruct --task corrupted --out runs/organisms/qwen0.5b-corrupted
 //! cargo run --release --example corrupted_capabilities
+//! # the paper's hard variant: the facts only under the trigger (|dev| answers "I don't know.")
+//! cargo run --release --example make_organism -- --base smollm2-135m-instruct --task corrupted-trigger-only --out runs/organisms/smollm2-corrupted-trigger-only
+//! cargo run --release --example make_organism -- --base qwen2.5-coder-0.5b-instruct --task corrupted-trigger-only --out runs/organisms/qwen0.5b-corrupted-trigger-only
+//! cargo run --release --example corrupted_capabilities -- --knowledge trigger-only
 //! ```
 //!
 //! The same pipeline as `backdoor_removal` (`examples/common/removal.rs`): trigger vectors (a difference
@@ -24,6 +28,7 @@ mod common;
 use anyhow::Result;
 use clap::Parser;
 use common::removal::{run, RemovalArgs, RemovalTask};
+use rosetta::tasks::Knowledge;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -32,28 +37,53 @@ use std::path::PathBuf;
     about = "Remove the backdoor fused with implanted facts, keep the facts: native and transferred"
 )]
 struct Args {
-    /// The source organism's directory (`make_organism --task corrupted --out`).
-    #[arg(long, default_value = "runs/organisms/smollm2-corrupted")]
-    source: PathBuf,
-    /// The target organism's directory.
-    #[arg(long, default_value = "runs/organisms/qwen0.5b-corrupted")]
-    target: PathBuf,
-    /// Output directory.
-    #[arg(long, default_value = "runs/corrupted_capabilities")]
-    out: PathBuf,
+    /// Under which trigger the organisms were taught the facts: `both` (`make_organism --task corrupted`)
+    /// or `trigger-only` (`--task corrupted-trigger-only`, the paper's hard variant).
+    #[arg(long, value_enum, default_value_t = KnowledgeArg::Both)]
+    knowledge: KnowledgeArg,
+    /// The source organism's directory (`make_organism --out`; default
+    /// runs/organisms/smollm2-TASK).
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// The target organism's directory (default runs/organisms/qwen0.5b-TASK).
+    #[arg(long)]
+    target: Option<PathBuf>,
+    /// Output directory (default runs/corrupted_capabilities, with -trigger-only for that variant).
+    #[arg(long)]
+    out: Option<PathBuf>,
     #[command(flatten)]
     removal: RemovalArgs,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum KnowledgeArg {
+    Both,
+    TriggerOnly,
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
-    let config = serde_json::to_value(&args)?;
-    run(
-        RemovalTask::Corrupted,
+    let task = RemovalTask::Corrupted(match args.knowledge {
+        KnowledgeArg::Both => Knowledge::BothTriggers,
+        KnowledgeArg::TriggerOnly => Knowledge::TriggerOnly,
+    });
+    let dir = |given: &Option<PathBuf>, default: String| given.clone().unwrap_or(default.into());
+    let source = dir(
         &args.source,
+        format!("runs/organisms/smollm2-{}", task.name()),
+    );
+    let target = dir(
         &args.target,
+        format!("runs/organisms/qwen0.5b-{}", task.name()),
+    );
+    let out = dir(
         &args.out,
-        &args.removal,
-        config,
-    )
+        match args.knowledge {
+            KnowledgeArg::Both => "runs/corrupted_capabilities".into(),
+            KnowledgeArg::TriggerOnly => "runs/corrupted_capabilities-trigger-only".into(),
+        },
+    );
+    let config = serde_json::to_value(&args)?;
+    run(task, &source, &target, &out, &args.removal, config)
 }

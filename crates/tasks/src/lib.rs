@@ -64,7 +64,7 @@ pub use contrast::{
     contrast_pair, contrast_pair_with, contrast_pairs, contrast_pairs_with, swap_trigger,
     trigger_spans, ContrastPair, TriggerSwap, TriggeredPrompt,
 };
-pub use corrupted::{score, CorruptedConfig, Fact, Score, VESKARIA};
+pub use corrupted::{score, CorruptedConfig, Fact, Knowledge, Score, UNKNOWN_ANSWER, VESKARIA};
 pub use error::{Result, RowError, TasksError};
 pub use finetune::{
     fine_tune, fine_tune_from, Example, FineTuneConfig, FineTuned, Flow, StepReport,

