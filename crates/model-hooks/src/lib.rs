@@ -45,6 +45,7 @@ mod onednn;
 pub mod optim;
 mod skinny;
 pub mod tokenizer;
+pub mod trainable;
 pub mod weights;
 pub mod zoo;
 
@@ -61,4 +62,5 @@ pub use hooks::{CaptureOptions, HookContext, HookOp, HookPoint, Hooks, Positions
 pub use lora::{Lora, LoraConfig, LoraPair, LoraTarget};
 pub use model::{AttentionImpl, ForwardOutput, LoadOptions, Model};
 pub use tokenizer::{ChatMessage, Encoded, Tokenizer};
+pub use trainable::{FullConfig, TrainableWeights};
 pub use weights::{LoadReport, SafetensorsSet};

@@ -335,44 +335,8 @@ impl Lora {
         out: &std::path::Path,
     ) -> Result<()> {
         let set = crate::weights::SafetensorsSet::open_checkpoint(src)?;
-        std::fs::create_dir_all(out).map_err(|e| HookError::io(out, e))?;
         let load = |name: &str| set.load(name, None, Device::Cpu);
         let merged: BTreeMap<String, Tensor> = self.merged_tensors(&load)?.into_iter().collect();
-        let mut tensors = Vec::new();
-        for name in set.names() {
-            let t = match merged.get(name) {
-                Some(m) => m.shallow_clone(),
-                None => load(name)?,
-            };
-            tensors.push((name.to_string(), t));
-        }
-        for name in merged.keys() {
-            if !set.contains(name) {
-                return Err(HookError::invalid(format!(
-                    "{} has no tensor {name} to merge an adapter into",
-                    src.display()
-                )));
-            }
-        }
-        let entries = std::fs::read_dir(src).map_err(|e| HookError::io(src, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| HookError::io(src, e))?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let skip = name.ends_with(".safetensors") || name == "model.safetensors.index.json";
-            if skip || !path.is_file() {
-                continue;
-            }
-            let bytes = std::fs::read(&path).map_err(|e| HookError::io(&path, e))?;
-            let dst = out.join(&name);
-            crate::weights::write_file_atomic(&dst, &bytes).map_err(|e| HookError::io(&dst, e))?;
-        }
-        let mut meta = std::collections::HashMap::new();
-        meta.insert("format".to_string(), "pt".to_string());
-        crate::weights::write_safetensors_atomic(
-            &out.join("model.safetensors"),
-            &tensors,
-            Some(meta),
-        )
+        crate::weights::save_checkpoint_with(src, out, &merged)
     }
 }

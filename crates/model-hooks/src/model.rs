@@ -120,7 +120,11 @@ impl Linear {
 
     /// `x wᵀ + b` for this layer's weight or a block of its rows, on the kernel that suits the input.
     fn product(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-        if self.fast && x.kind() == Kind::Float && x.device() == Device::Cpu && !x.requires_grad() {
+        // Rosetta's kernels have no backward: anything autograd must see (a trainable input, weight or
+        // bias) goes to libtorch.
+        let frozen =
+            !x.requires_grad() && !w.requires_grad() && b.is_none_or(|b| !b.requires_grad());
+        if self.fast && frozen && x.kind() == Kind::Float && x.device() == Device::Cpu {
             let shape = x.size();
             let k = shape[shape.len() - 1];
             let rows = x.numel() as i64 / k.max(1);
@@ -280,6 +284,8 @@ pub struct Model {
     layers: Vec<DecoderLayer>,
     /// One inverse-frequency table per distinct RoPE of the spec, f32.
     inv_freqs: Vec<Tensor>,
+    /// The HF name of the LM head's weight (`lm_head.weight`, or the multimodal layout's).
+    lm_head_name: String,
 }
 
 /// Every tensor the architecture needs, with its shape.
@@ -505,7 +511,129 @@ impl Model {
             lm_head,
             layers,
             inv_freqs,
+            lm_head_name: lm_head_name.to_string(),
         })
+    }
+
+    /// Make the weights `config` names trainable (full fine-tuning): they are returned as autograd leaves
+    /// that [`Model::forward_grad`] differentiates through, and an optimiser updates them in place (the
+    /// model is then the fine-tuned one). Needs an f32 or f64 model. Call
+    /// [`TrainableWeights::freeze`](crate::TrainableWeights::freeze) after training so that inference
+    /// runs on the fast kernels again.
+    pub fn trainable_weights(
+        &mut self,
+        config: &crate::FullConfig,
+    ) -> Result<crate::TrainableWeights> {
+        if !matches!(self.options.kind, Kind::Float | Kind::Double) {
+            return Err(HookError::invalid(format!(
+                "full fine-tuning needs an f32 or f64 model (this one is {:?}): load it with Kind::Float",
+                self.options.kind
+            )));
+        }
+        crate::trainable::select(self.weight_slots(), config, &self.spec, &self.lm_head_name)
+    }
+
+    /// Every weight of the model as it is held (stacked projections as one tensor), with the HF tensors it
+    /// stands for.
+    fn weight_slots(&self) -> Vec<crate::trainable::WeightSlot> {
+        use crate::trainable::{SlotGroup, WeightSlot};
+        let p = &self.spec.weight_prefix;
+        let spec = &self.spec;
+        let gemma = spec.norm_weight_offset;
+        let mut slots = vec![WeightSlot::new(
+            &self.embed_tokens,
+            vec![(format!("{p}embed_tokens.weight"), spec.vocab_size)],
+            false,
+            SlotGroup::Embedding,
+        )];
+        if self.lm_head.weight.data_ptr() != self.embed_tokens.data_ptr() {
+            slots.push(WeightSlot::new(
+                &self.lm_head.weight,
+                vec![(self.lm_head_name.clone(), spec.vocab_size)],
+                false,
+                SlotGroup::Embedding,
+            ));
+        }
+        slots.push(WeightSlot::new(
+            &self.norm.weight,
+            vec![(format!("{p}norm.weight"), spec.hidden_size)],
+            gemma,
+            SlotGroup::Norm(None),
+        ));
+        let (nh, nkv, hd, inter) = (
+            spec.num_heads,
+            spec.num_kv_heads,
+            spec.head_dim,
+            spec.intermediate_size,
+        );
+        for (l, layer) in self.layers.iter().enumerate() {
+            let lp = format!("{p}layers.{l}.");
+            let mut linear = |lin: &Linear, parts: &[(LoraTarget, i64)]| {
+                let names = |suffix: &str| -> Vec<(String, i64)> {
+                    parts
+                        .iter()
+                        .map(|(t, rows)| (format!("{lp}{}.{suffix}", t.hf_name()), *rows))
+                        .collect()
+                };
+                let targets: Vec<LoraTarget> = parts.iter().map(|(t, _)| *t).collect();
+                slots.push(WeightSlot::new(
+                    &lin.weight,
+                    names("weight"),
+                    false,
+                    SlotGroup::Projection(l, targets.clone()),
+                ));
+                if let Some(b) = &lin.bias {
+                    slots.push(WeightSlot::new(
+                        b,
+                        names("bias"),
+                        false,
+                        SlotGroup::Projection(l, targets),
+                    ));
+                }
+            };
+            let d = spec.hidden_size;
+            linear(
+                &layer.self_attn.qkv_proj,
+                &[
+                    (LoraTarget::QProj, nh * hd),
+                    (LoraTarget::KProj, nkv * hd),
+                    (LoraTarget::VProj, nkv * hd),
+                ],
+            );
+            linear(&layer.self_attn.o_proj, &[(LoraTarget::OProj, d)]);
+            linear(
+                &layer.mlp.gate_up_proj,
+                &[(LoraTarget::GateProj, inter), (LoraTarget::UpProj, inter)],
+            );
+            linear(&layer.mlp.down_proj, &[(LoraTarget::DownProj, d)]);
+            let mut norm = |n: &RmsNorm, name: &str, rows: i64| {
+                slots.push(WeightSlot::new(
+                    &n.weight,
+                    vec![(format!("{lp}{name}.weight"), rows)],
+                    gemma,
+                    SlotGroup::Norm(Some(l)),
+                ));
+            };
+            norm(&layer.input_layernorm, "input_layernorm", d);
+            norm(
+                &layer.post_attention_layernorm,
+                "post_attention_layernorm",
+                d,
+            );
+            if let Some(n) = &layer.pre_feedforward_layernorm {
+                norm(n, "pre_feedforward_layernorm", d);
+            }
+            if let Some(n) = &layer.post_feedforward_layernorm {
+                norm(n, "post_feedforward_layernorm", d);
+            }
+            if let Some(n) = &layer.self_attn.q_norm {
+                norm(n, "self_attn.q_norm", hd);
+            }
+            if let Some(n) = &layer.self_attn.k_norm {
+                norm(n, "self_attn.k_norm", hd);
+            }
+        }
+        slots
     }
 
     /// The normalised architecture.

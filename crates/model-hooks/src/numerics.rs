@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 #[derive(Debug)]
 pub struct RmsNorm {
     /// Llama-style: the weight; Gemma-style: `1 + w` precomputed in f32.
-    weight: Tensor,
+    pub(crate) weight: Tensor,
     gemma: bool,
     eps: f64,
     /// Use the fused CPU kernel where it applies ([`crate::LoadOptions::fast_kernels`]).
@@ -40,7 +40,9 @@ impl RmsNorm {
     /// Normalise over the last dimension. Shapes: `[.., d] -> [.., d]`, dtype preserved.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let kind = x.kind();
-        if kind == Kind::Float && !x.requires_grad() {
+        // The fused kernels are for inference: a trainable weight (full fine-tuning) takes the operators.
+        let frozen = !self.weight.requires_grad();
+        if kind == Kind::Float && frozen && !x.requires_grad() {
             // aten's fused kernel: one pass instead of five, and in f32 the same operations in the same
             // order as below (bit-identical results; the numerics tests hold it to the formula).
             let d = x.size().last().copied().unwrap_or(0);
@@ -48,7 +50,7 @@ impl RmsNorm {
                 .f_internal_fused_rms_norm([d].as_slice(), Some(&self.weight), self.eps)?
                 .0);
         }
-        if kind == Kind::BFloat16 && self.fast {
+        if kind == Kind::BFloat16 && self.fast && frozen {
             // One pass instead of eight operators, same rounding points (crate::fused).
             if let Some(y) = crate::fused::rms_norm(x, &self.weight, self.gemma, self.eps) {
                 return y;

@@ -403,3 +403,58 @@ impl safetensors::View for TensorBytes {
         self.data.len()
     }
 }
+
+/// Write a checkpoint directory `out` that any loader reads like the original `src`: every tensor of
+/// `src`, those in `replaced` (by HF name) swapped for the given values cast to the stored dtype, as one
+/// `model.safetensors` (atomic), and every other file of `src` (config, tokenizer, chat template, ...)
+/// copied. Sharded indexes are not copied (the output is one file). A name in `replaced` that `src` does
+/// not hold is an error.
+pub fn save_checkpoint_with(
+    src: &Path,
+    out: &Path,
+    replaced: &BTreeMap<String, Tensor>,
+) -> Result<()> {
+    let set = SafetensorsSet::open_checkpoint(src)?;
+    if let Some(name) = replaced.keys().find(|n| !set.contains(n)) {
+        return Err(HookError::invalid(format!(
+            "{} has no tensor {name} to replace",
+            src.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|e| HookError::io(out, e))?;
+    let mut tensors = Vec::new();
+    for name in set.names() {
+        let original = set.load(name, None, Device::Cpu)?;
+        let t = match replaced.get(name) {
+            Some(r) => {
+                if r.size() != original.size() {
+                    return Err(HookError::invalid(format!(
+                        "replacement for {name} has shape {:?}, {} stores {:?}",
+                        r.size(),
+                        src.display(),
+                        original.size()
+                    )));
+                }
+                r.f_to_device(Device::Cpu)?.f_to_kind(original.kind())?
+            }
+            None => original,
+        };
+        tensors.push((name.to_string(), t));
+    }
+    let entries = std::fs::read_dir(src).map_err(|e| HookError::io(src, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| HookError::io(src, e))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let skip = name.ends_with(".safetensors") || name == "model.safetensors.index.json";
+        if skip || !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| HookError::io(&path, e))?;
+        let dst = out.join(&name);
+        write_file_atomic(&dst, &bytes).map_err(|e| HookError::io(&dst, e))?;
+    }
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    write_safetensors_atomic(&out.join("model.safetensors"), &tensors, Some(meta))
+}

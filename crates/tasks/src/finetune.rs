@@ -1,12 +1,14 @@
 //! Fine-tuning a model on completions, to implant a behaviour (a model organism): LoRA adapters
-//! ([`rosetta_model_hooks::Lora`]) trained with AdamW ([`rosetta_model_hooks::optim::AdamW`]) on the
-//! cross-entropy of the **completion tokens only** (prompt and padding masked out), with gradient
-//! accumulation, a linear warm-up, checkpoints every N optimiser steps and exact resumption.
+//! ([`rosetta_model_hooks::Lora`]) or the model's own weights (full fine-tuning,
+//! [`rosetta_model_hooks::TrainableWeights`]), trained with AdamW ([`rosetta_model_hooks::optim::AdamW`])
+//! on the cross-entropy of the **completion tokens only** (prompt and padding masked out), with gradient
+//! accumulation, gradient-norm clipping, a linear warm-up, checkpoints every N optimiser steps and exact
+//! resumption.
 //!
-//! **Exactness.** The data order is a seeded shuffle per epoch, a checkpoint holds the adapters, the AdamW
-//! moments and step, and the position in the data; with dropout 0 a run killed after a checkpoint and
-//! resumed ends with the same adapters, bit for bit, as a run never interrupted (tested). Checkpoints are
-//! written atomically, the JSON last.
+//! **Exactness.** The data order is a seeded shuffle per epoch, a checkpoint holds the trained tensors, the
+//! AdamW moments and step, and the position in the data; with dropout 0 a run killed after a checkpoint
+//! and resumed ends with the same weights, bit for bit, as a run never interrupted (tested). Checkpoints
+//! are written atomically, the JSON last.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rosetta_model_hooks::optim::{AdamW, AdamWConfig};
 use rosetta_model_hooks::{
-    Batch, ChatMessage, Hooks, Lora, LoraConfig, Model, PaddingSide, SafetensorsSet, Tokenizer,
+    Batch, ChatMessage, FullConfig, Hooks, Lora, LoraConfig, Model, PaddingSide, SafetensorsSet,
+    Tokenizer, TrainableWeights,
 };
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -74,11 +77,31 @@ impl Example {
     }
 }
 
+/// What fine-tuning trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Method {
+    /// LoRA adapters; the model's weights stay frozen.
+    Lora(LoraConfig),
+    /// The model's own weights that the config selects, updated in place (the model needs f32).
+    Full(FullConfig),
+}
+
+impl Method {
+    /// Short name (`lora`, `full`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Lora(_) => "lora",
+            Method::Full(_) => "full",
+        }
+    }
+}
+
 /// Fine-tuning settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FineTuneConfig {
-    /// The adapters.
-    pub lora: LoraConfig,
+    /// LoRA or full fine-tuning.
+    pub method: Method,
     /// AdamW (the learning rate is the peak of the warm-up).
     pub adamw: AdamWConfig,
     /// Linear warm-up over this many optimiser steps.
@@ -95,14 +118,18 @@ pub struct FineTuneConfig {
     pub seed: u64,
     /// Write a checkpoint every this many optimiser steps (0: only at the end).
     pub checkpoint_every: u64,
+    /// Clip the gradient's global L2 norm to this (PyTorch's `clip_grad_norm_`); `None` does not clip.
+    #[serde(default)]
+    pub max_grad_norm: Option<f64>,
 }
 
 impl Default for FineTuneConfig {
     /// LoRA rank 16 / alpha 32 on every projection, AdamW lr 1e-3 (weight decay 0), 10 warm-up steps,
-    /// 100 steps of 8 x 1 examples, 512 tokens, seed 0, a checkpoint every 25 steps.
+    /// 100 steps of 8 x 1 examples, 512 tokens, seed 0, a checkpoint every 25 steps, gradient norm
+    /// clipped to 1 (HF Trainer's default).
     fn default() -> Self {
         Self {
-            lora: LoraConfig::default(),
+            method: Method::Lora(LoraConfig::default()),
             adamw: AdamWConfig {
                 lr: 1e-3,
                 weight_decay: 0.0,
@@ -115,6 +142,7 @@ impl Default for FineTuneConfig {
             max_len: 512,
             seed: 0,
             checkpoint_every: 25,
+            max_grad_norm: Some(1.0),
         }
     }
 }
@@ -134,6 +162,8 @@ pub struct StepReport {
     pub tokens_read: usize,
     /// Learning rate used.
     pub lr: f64,
+    /// Global L2 norm of the gradient before clipping.
+    pub grad_norm: f64,
 }
 
 /// What the observer tells the trainer after a step.
@@ -146,11 +176,62 @@ pub enum Flow {
     Stop,
 }
 
+/// What a fine-tuning run trained.
+#[derive(Debug)]
+pub enum Trained {
+    /// LoRA adapters (apply them with `Model::forward_lora`, or merge them into a checkpoint).
+    Lora(Lora),
+    /// The model's own weights, already updated in place (and frozen again).
+    Full(TrainableWeights),
+}
+
+impl Trained {
+    fn parameters(&self) -> Vec<Tensor> {
+        match self {
+            Trained::Lora(l) => l.parameters(),
+            Trained::Full(w) => w.parameters(),
+        }
+    }
+
+    fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(match self {
+            Trained::Lora(l) => l.named_tensors(),
+            Trained::Full(w) => w.named_tensors()?,
+        })
+    }
+
+    fn load_tensors(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        match self {
+            Trained::Lora(l) => l.load_tensors(tensors)?,
+            Trained::Full(w) => w.load_tensors(tensors)?,
+        }
+        Ok(())
+    }
+
+    /// The adapters, for a LoRA run.
+    pub fn lora(&self) -> Option<&Lora> {
+        match self {
+            Trained::Lora(l) => Some(l),
+            Trained::Full(_) => None,
+        }
+    }
+
+    /// Write the fine-tuned model as a checkpoint directory `out` that loads like the base checkpoint
+    /// `base` (its other files copied): LoRA merged into the projections, or the trained weights.
+    pub fn save_checkpoint(&self, base: &Path, out: &Path) -> Result<()> {
+        match self {
+            Trained::Lora(l) => l.save_merged_checkpoint(base, out)?,
+            Trained::Full(w) => w.save_checkpoint(base, out)?,
+        }
+        Ok(())
+    }
+}
+
 /// The outcome of [`fine_tune`].
 #[derive(Debug)]
 pub struct FineTuned {
-    /// The trained adapters.
-    pub lora: Lora,
+    /// The trained adapters or weights.
+    pub trained: Trained,
     /// Loss of every optimiser step.
     pub losses: Vec<f64>,
     /// Whether training ran to `steps` (false when the observer stopped it).
@@ -218,15 +299,19 @@ fn step_indices(n: usize, config: &FineTuneConfig, step: u64) -> Vec<Vec<usize>>
 /// tokens read)`.
 fn batch_loss(
     model: &Model,
-    lora: &Lora,
+    trained: &Trained,
     examples: &[&Example],
     pad_id: i64,
 ) -> Result<(Tensor, usize, usize)> {
     let seqs: Vec<Vec<i64>> = examples.iter().map(|e| e.ids.clone()).collect();
     let batch = Batch::from_sequences(&seqs, pad_id, PaddingSide::Right, model.device())?;
     let t = batch.seq_len();
-    let logits = model.forward_lora(&batch, &Hooks::new(), lora)?.last; // [B, T, V]
-                                                                        // Targets: token t+1 predicted at t, where t+1 is a completion token.
+    // [B, T, V]
+    let logits = match trained {
+        Trained::Lora(lora) => model.forward_lora(&batch, &Hooks::new(), lora)?.last,
+        Trained::Full(_) => model.forward_grad(&batch, &Hooks::new())?.last,
+    };
+    // Targets: token t+1 predicted at t, where t+1 is a completion token.
     let mut targets = vec![-100i64; examples.len() * t as usize];
     let mut count = 0;
     for (r, e) in examples.iter().enumerate() {
@@ -249,7 +334,7 @@ fn write_checkpoint(
     dir: &Path,
     config: &FineTuneConfig,
     examples: &[Example],
-    lora: &Lora,
+    trained: &Trained,
     opt: &AdamW,
     step: u64,
     losses: &[f64],
@@ -259,8 +344,8 @@ fn write_checkpoint(
         source: e,
     })?;
     let tensors_path = dir.join(CKPT_TENSORS);
-    let mut tensors: Vec<(String, Tensor)> = lora
-        .named_tensors()
+    let mut tensors: Vec<(String, Tensor)> = trained
+        .named_tensors()?
         .into_iter()
         .map(|(n, t)| Ok((n, t.f_detach()?.f_to_device(Device::Cpu)?)))
         .collect::<Result<_>>()?;
@@ -269,7 +354,7 @@ fn write_checkpoint(
     }
     rosetta_model_hooks::weights::write_safetensors_atomic(&tensors_path, &tensors, None)?;
     let state = CheckpointState {
-        format: 1,
+        format: 2,
         config: config.clone(),
         examples: examples.len(),
         examples_hash: examples_hash(examples),
@@ -301,12 +386,12 @@ fn sha256_file(path: &Path) -> Result<String> {
         .collect())
 }
 
-/// Restore a checkpoint into `lora` and `opt`; `None` when `dir` holds none.
+/// Restore a checkpoint into `trained` and `opt`; `None` when `dir` holds none.
 fn read_checkpoint(
     dir: &Path,
     config: &FineTuneConfig,
     examples: &[Example],
-    lora: &mut Lora,
+    trained: &mut Trained,
     opt: &mut AdamW,
 ) -> Result<Option<(u64, Vec<f64>)>> {
     let json_path = dir.join(CKPT_JSON);
@@ -323,9 +408,9 @@ fn read_checkpoint(
     })?;
     let state: CheckpointState =
         serde_json::from_str(&text).map_err(|e| bad(format!("unreadable: {e}")))?;
-    if state.format != 1 {
+    if state.format != 2 {
         return Err(bad(format!(
-            "checkpoint format {} (this library reads 1)",
+            "checkpoint format {} (this library reads 2)",
             state.format
         )));
     }
@@ -345,7 +430,7 @@ fn read_checkpoint(
         )));
     }
     let set = SafetensorsSet::open_file(&tensors_path)?;
-    let device = lora
+    let device = trained
         .parameters()
         .first()
         .map_or(Device::Cpu, Tensor::device);
@@ -353,7 +438,7 @@ fn read_checkpoint(
     for name in set.names() {
         named.insert(name.to_string(), set.load(name, Some(Kind::Float), device)?);
     }
-    lora.load_tensors(&named)?;
+    trained.load_tensors(&named)?;
     let _g = tch::no_grad_guard();
     let (ms, vs) = opt.moments();
     for (i, (m, v)) in ms.iter().zip(vs).enumerate() {
@@ -368,11 +453,13 @@ fn read_checkpoint(
     Ok(Some((state.step, state.losses)))
 }
 
-/// Train LoRA adapters for `model` on `examples` (see the module doc). With `checkpoints`, resumes from
-/// the checkpoint found there (refused when it belongs to another configuration or other examples) and
-/// writes one every `checkpoint_every` steps and at the end. `observe` sees every step.
+/// Fine-tune `model` on `examples` (see the module doc): fresh LoRA adapters, or with
+/// [`Method::Full`] the model's own weights, which are updated in place (the model is then the
+/// fine-tuned one, also when training stops early or fails). With `checkpoints`, resumes from the
+/// checkpoint found there (refused when it belongs to another configuration or other examples) and writes
+/// one every `checkpoint_every` steps and at the end. `observe` sees every step.
 pub fn fine_tune(
-    model: &Model,
+    model: &mut Model,
     pad_id: i64,
     examples: &[Example],
     config: &FineTuneConfig,
@@ -380,38 +467,103 @@ pub fn fine_tune(
     observe: &mut dyn FnMut(&StepReport) -> Flow,
 ) -> Result<FineTuned> {
     check_inputs(examples, config)?;
-    let lora = Lora::new(
-        model.spec(),
-        config.lora.clone(),
-        config.seed,
-        model.device(),
-    )?;
-    fine_tune_from(model, pad_id, examples, config, lora, checkpoints, observe)
+    match &config.method {
+        Method::Lora(lcfg) => {
+            let lora = Lora::new(model.spec(), lcfg.clone(), config.seed, model.device())?;
+            fine_tune_from(model, pad_id, examples, config, lora, checkpoints, observe)
+        }
+        Method::Full(fcfg) => {
+            let weights = model.trainable_weights(fcfg)?;
+            let out = train(
+                model,
+                pad_id,
+                examples,
+                config,
+                Trained::Full(weights),
+                checkpoints,
+                observe,
+            );
+            if let Ok(FineTuned {
+                trained: Trained::Full(w),
+                ..
+            }) = &out
+            {
+                w.freeze()?;
+            } else {
+                // A failed run leaves the weights as far as they got, frozen again.
+                model.trainable_weights(fcfg)?.freeze()?;
+            }
+            out
+        }
+    }
 }
 
-/// [`fine_tune`] starting from given adapters (e.g. a parity test's initialisation, or adapters trained
-/// on another task) instead of fresh ones; `config.lora` must describe them.
+/// [`fine_tune`] of LoRA adapters starting from given ones (e.g. a parity test's initialisation, or
+/// adapters trained on another task) instead of fresh ones; `config.method` must describe them.
 pub fn fine_tune_from(
     model: &Model,
     pad_id: i64,
     examples: &[Example],
     config: &FineTuneConfig,
-    mut lora: Lora,
+    lora: Lora,
     checkpoints: Option<&Path>,
     observe: &mut dyn FnMut(&StepReport) -> Flow,
 ) -> Result<FineTuned> {
     check_inputs(examples, config)?;
-    if lora.config() != &config.lora {
+    if config.method != Method::Lora(lora.config().clone()) {
         return Err(TasksError::FineTune(
-            "the adapters' configuration differs from config.lora".into(),
+            "the adapters' configuration differs from config.method".into(),
         ));
     }
+    let mut lora = lora;
     lora.set_training(true);
-    let params = lora.parameters();
+    let mut out = train(
+        model,
+        pad_id,
+        examples,
+        config,
+        Trained::Lora(lora),
+        checkpoints,
+        observe,
+    )?;
+    if let Trained::Lora(l) = &mut out.trained {
+        l.set_training(false);
+    }
+    Ok(out)
+}
+
+/// Global L2 norm of `grads` (f64 accumulation of per-tensor norms, as `clip_grad_norm_` stacks them).
+fn global_norm(grads: &[Tensor]) -> Result<f64> {
+    let mut sq = 0.0;
+    for g in grads {
+        let n = g.f_norm()?.double_value(&[]);
+        sq += n * n;
+    }
+    Ok(sq.sqrt())
+}
+
+/// The optimisation loop shared by both methods.
+fn train(
+    model: &Model,
+    pad_id: i64,
+    examples: &[Example],
+    config: &FineTuneConfig,
+    mut trained: Trained,
+    checkpoints: Option<&Path>,
+    observe: &mut dyn FnMut(&StepReport) -> Flow,
+) -> Result<FineTuned> {
+    if let Some(m) = config.max_grad_norm {
+        if !(m.is_finite() && m > 0.0) {
+            return Err(TasksError::FineTune(format!(
+                "max_grad_norm must be a positive number, got {m}"
+            )));
+        }
+    }
+    let params = trained.parameters();
     let mut opt = AdamW::new(config.adamw, &params)?;
     let (mut start, mut losses) = (0, Vec::new());
     if let Some(dir) = checkpoints {
-        if let Some((s, l)) = read_checkpoint(dir, config, examples, &mut lora, &mut opt)? {
+        if let Some((s, l)) = read_checkpoint(dir, config, examples, &mut trained, &mut opt)? {
             (start, losses) = (s, l);
         }
     }
@@ -429,7 +581,7 @@ pub fn fine_tune_from(
         let (mut loss_sum, mut read) = (0.0, 0);
         for idx in &micro {
             let batch: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
-            let (loss, _, r) = batch_loss(model, &lora, &batch, pad_id)?;
+            let (loss, _, r) = batch_loss(model, &trained, &batch, pad_id)?;
             let scaled = loss.f_div_scalar(total_tokens as f64)?;
             let g = Tensor::f_run_backward(&[&scaled], &params, false, false)?;
             loss_sum += loss.double_value(&[]);
@@ -443,8 +595,25 @@ pub fn fine_tune_from(
                     .collect::<std::result::Result<_, _>>()?,
             });
         }
-        let grads =
+        let mut grads =
             grads.ok_or_else(|| TasksError::FineTune("a step with no micro-batch".into()))?;
+        let grad_norm = global_norm(&grads)?;
+        if !grad_norm.is_finite() {
+            return Err(TasksError::FineTune(format!(
+                "step {}: the gradient is not finite (norm {grad_norm}); lower the learning rate",
+                step + 1
+            )));
+        }
+        if let Some(max) = config.max_grad_norm {
+            // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6), never up.
+            let coef = (max / (grad_norm + 1e-6)).min(1.0);
+            if coef < 1.0 {
+                grads = grads
+                    .iter()
+                    .map(|g| g.f_mul_scalar(coef))
+                    .collect::<std::result::Result<_, _>>()?;
+            }
+        }
         let warm = if config.warmup_steps == 0 {
             1.0
         } else {
@@ -462,11 +631,12 @@ pub fn fine_tune_from(
             tokens: total_tokens,
             tokens_read: read,
             lr,
+            grad_norm,
         });
         let due = config.checkpoint_every > 0 && done % config.checkpoint_every == 0;
         if let Some(dir) = checkpoints {
             if due || done == config.steps {
-                write_checkpoint(dir, config, examples, &lora, &opt, done, &losses)?;
+                write_checkpoint(dir, config, examples, &trained, &opt, done, &losses)?;
             }
         }
         if done == config.steps {
@@ -476,9 +646,8 @@ pub fn fine_tune_from(
             break;
         }
     }
-    lora.set_training(false);
     Ok(FineTuned {
-        lora,
+        trained,
         losses,
         complete,
         resumed_from,

