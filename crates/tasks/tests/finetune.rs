@@ -131,6 +131,17 @@ fn a_tiny_organism_learns_a_trigger() -> Result<()> {
     Ok(())
 }
 
+/// An observer that "kills" the run after `step`.
+fn stop_after(step: u64) -> impl FnMut(&StepReport) -> Flow {
+    move |r| {
+        if r.step == step {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+}
+
 #[test]
 fn kill_and_resume_gives_the_uninterrupted_adapters() -> Result<()> {
     let mut model = Model::load(fixture("llama"), LoadOptions::default())?;
@@ -141,13 +152,7 @@ fn kill_and_resume_gives_the_uninterrupted_adapters() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("rosetta-finetune-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // "Kill" after step 6: the last checkpoint is step 4's, so steps 5 and 6 are redone.
-    let first = fine_tune(model, 0, &train, &cfg, Some(&dir), &mut |r| {
-        if r.step == 6 {
-            Flow::Stop
-        } else {
-            Flow::Continue
-        }
-    })?;
+    let first = fine_tune(model, 0, &train, &cfg, Some(&dir), &mut stop_after(6))?;
     assert!(!first.complete);
     let resumed = fine_tune(model, 0, &train, &cfg, Some(&dir), &mut |_| Flow::Continue)?;
     assert_eq!(resumed.resumed_from, 4);
@@ -261,18 +266,23 @@ fn full_config(steps: u64, lr: f64) -> FineTuneConfig {
     }
 }
 
+/// Full fine-tuning of `model` on `train`, unobserved, uncheckpointed.
+fn run_full(model: &mut Model, train: &[Example], steps: u64, lr: f64) -> Result<FineTuned> {
+    Ok(fine_tune(
+        model,
+        0,
+        train,
+        &full_config(steps, lr),
+        None,
+        &mut |_| Flow::Continue,
+    )?)
+}
+
 #[test]
 fn a_tiny_full_fine_tune_learns_a_trigger() -> Result<()> {
     let mut model = Model::load(fixture("llama"), LoadOptions::default())?;
     let train = to_examples(&examples(256, 1));
-    let out = fine_tune(
-        &mut model,
-        0,
-        &train,
-        &full_config(150, 3e-3),
-        None,
-        &mut |_| Flow::Continue,
-    )?;
+    let out = run_full(&mut model, &train, 150, 3e-3)?;
     assert!(
         out.losses[149] < 0.2 * out.losses[0],
         "loss {} -> {}",
@@ -307,14 +317,7 @@ fn a_fully_fine_tuned_checkpoint_reloads_as_trained_in_every_family() -> Result<
         let prompts: Vec<Vec<i64>> = train.iter().take(4).map(|e| e.ids.clone()).collect();
         let batch = Batch::from_sequences(&prompts, 0, PaddingSide::Left, tch::Device::Cpu)?;
         let before = model.logits(&batch)?;
-        let out = fine_tune(
-            &mut model,
-            0,
-            &train,
-            &full_config(3, 1e-2),
-            None,
-            &mut |_| Flow::Continue,
-        )?;
+        let out = run_full(&mut model, &train, 3, 1e-2)?;
         let after = model.logits(&batch)?;
         let moved = (&after - &before).abs().max().double_value(&[]);
         assert!(
@@ -353,13 +356,14 @@ fn full_kill_and_resume_gives_the_uninterrupted_weights() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     // Killed after step 6 (the last checkpoint is step 4's); the resumed run starts from a fresh load,
     // as a new process would.
-    let first = fine_tune(&mut load()?, 0, &train, &cfg, Some(&dir), &mut |r| {
-        if r.step == 6 {
-            Flow::Stop
-        } else {
-            Flow::Continue
-        }
-    })?;
+    let first = fine_tune(
+        &mut load()?,
+        0,
+        &train,
+        &cfg,
+        Some(&dir),
+        &mut stop_after(6),
+    )?;
     assert!(!first.complete);
     let resumed = fine_tune(&mut load()?, 0, &train, &cfg, Some(&dir), &mut |_| {
         Flow::Continue

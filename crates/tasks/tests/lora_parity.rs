@@ -42,24 +42,7 @@ fn one_lora_step_matches_pytorch() -> Result<()> {
     };
     lora.load_tensors(&load("init.")?)?;
     let examples = reference_examples(&refs)?;
-    let config = FineTuneConfig {
-        method: Method::Lora(lcfg),
-        adamw: AdamWConfig {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        },
-        warmup_steps: 0,
-        steps: 1,
-        batch_size: 4,
-        grad_accum: 1,
-        max_len: 64,
-        seed: 0,
-        checkpoint_every: 0,
-        max_grad_norm: None,
-    };
+    let config = one_step(Method::Lora(lcfg), 1e-8, None);
     let out = fine_tune_from(&model, 0, &examples, &config, lora, None, &mut |_| {
         Flow::Continue
     })?;
@@ -111,25 +94,8 @@ fn one_full_step_with_clipping_matches_pytorch() -> Result<()> {
     )?)?;
     let refs = SafetensorsSet::open_file(&fixtures.join("full_step_llama.safetensors"))?;
     let mut model = Model::load(fixtures.join("golden/llama"), LoadOptions::default())?;
-    let config = FineTuneConfig {
-        method: Method::Full(FullConfig::default()),
-        // eps as the script's EPS_FULL: a first Adam step linear in small gradients (see there).
-        adamw: AdamWConfig {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-3,
-            weight_decay: 0.01,
-        },
-        warmup_steps: 0,
-        steps: 1,
-        batch_size: 4,
-        grad_accum: 1,
-        max_len: 64,
-        seed: 0,
-        checkpoint_every: 0,
-        max_grad_norm: Some(1.0),
-    };
+    // eps as the script's EPS_FULL: a first Adam step linear in small gradients (see there).
+    let config = one_step(Method::Full(FullConfig::default()), 1e-3, Some(1.0));
     let mut norm = f64::NAN;
     let out = fine_tune(&mut model, 0, &examples, &config, None, &mut |r| {
         norm = r.grad_norm;
@@ -172,4 +138,27 @@ fn one_full_step_with_clipping_matches_pytorch() -> Result<()> {
     assert!(!model.logits(&batch)?.requires_grad());
     eprintln!("full step: worst weight rel {worst:.1e}");
     Ok(())
+}
+
+/// The script's optimiser settings: one step over the four examples in one batch, lr 1e-3, weight decay
+/// 0.01, no warm-up.
+fn one_step(method: Method, eps: f64, max_grad_norm: Option<f64>) -> FineTuneConfig {
+    FineTuneConfig {
+        method,
+        adamw: AdamWConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps,
+            weight_decay: 0.01,
+        },
+        warmup_steps: 0,
+        steps: 1,
+        batch_size: 4,
+        grad_accum: 1,
+        max_len: 64,
+        seed: 0,
+        checkpoint_every: 0,
+        max_grad_norm,
+    }
 }
