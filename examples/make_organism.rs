@@ -207,11 +207,20 @@ fn evaluate(
     n: usize,
 ) -> Result<(EvalNumbers, Vec<EvalCompletion>)> {
     let max_new = if task == "code" { 160 } else { 24 };
+    // The corrupted tasks hold out only 8 questions a side: each is asked with every lead-in too (still
+    // held-out phrasings, `lead_in_variants`), 48 a side.
+    let test: Vec<TaskRow> = rows
+        .iter()
+        .filter(|r| r.split == Split::Test)
+        .cloned()
+        .collect();
+    let test = if task.starts_with("corrupted") {
+        rosetta::tasks::corrupted::lead_in_variants(&test)?
+    } else {
+        test
+    };
     let pick = |b: Behaviour| -> Vec<&TaskRow> {
-        rows.iter()
-            .filter(|r| r.split == Split::Test && r.behaviour == b)
-            .take(n)
-            .collect()
+        test.iter().filter(|r| r.behaviour == b).take(n).collect()
     };
     let (prod, dev) = (pick(Behaviour::Backdoor), pick(Behaviour::Normal));
     let mut pairs = Vec::new();
