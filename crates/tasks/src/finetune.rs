@@ -474,26 +474,21 @@ pub fn fine_tune(
         }
         Method::Full(fcfg) => {
             let weights = model.trainable_weights(fcfg)?;
-            let out = train(
+            let mut trained = Trained::Full(weights);
+            let run = train(
                 model,
                 pad_id,
                 examples,
                 config,
-                Trained::Full(weights),
+                &mut trained,
                 checkpoints,
                 observe,
             );
-            if let Ok(FineTuned {
-                trained: Trained::Full(w),
-                ..
-            }) = &out
-            {
+            // Frozen again whatever happened: a failed run leaves the weights as far as they got.
+            if let Trained::Full(w) = &trained {
                 w.freeze()?;
-            } else {
-                // A failed run leaves the weights as far as they got, frozen again.
-                model.trainable_weights(fcfg)?.freeze()?;
             }
-            out
+            run?.finish(trained)
         }
     }
 }
@@ -517,19 +512,38 @@ pub fn fine_tune_from(
     }
     let mut lora = lora;
     lora.set_training(true);
-    let mut out = train(
+    let mut trained = Trained::Lora(lora);
+    let run = train(
         model,
         pad_id,
         examples,
         config,
-        Trained::Lora(lora),
+        &mut trained,
         checkpoints,
         observe,
     )?;
-    if let Trained::Lora(l) = &mut out.trained {
+    if let Trained::Lora(l) = &mut trained {
         l.set_training(false);
     }
-    Ok(out)
+    run.finish(trained)
+}
+
+/// What [`train`] ran: everything of a [`FineTuned`] but the trained tensors, which the caller holds.
+struct Run {
+    losses: Vec<f64>,
+    complete: bool,
+    resumed_from: u64,
+}
+
+impl Run {
+    fn finish(self, trained: Trained) -> Result<FineTuned> {
+        Ok(FineTuned {
+            trained,
+            losses: self.losses,
+            complete: self.complete,
+            resumed_from: self.resumed_from,
+        })
+    }
 }
 
 /// Global L2 norm of `grads` (f64 accumulation of per-tensor norms, as `clip_grad_norm_` stacks them).
@@ -542,16 +556,16 @@ fn global_norm(grads: &[Tensor]) -> Result<f64> {
     Ok(sq.sqrt())
 }
 
-/// The optimisation loop shared by both methods.
+/// The optimisation loop shared by both methods; `trained` is updated in place.
 fn train(
     model: &Model,
     pad_id: i64,
     examples: &[Example],
     config: &FineTuneConfig,
-    mut trained: Trained,
+    trained: &mut Trained,
     checkpoints: Option<&Path>,
     observe: &mut dyn FnMut(&StepReport) -> Flow,
-) -> Result<FineTuned> {
+) -> Result<Run> {
     if let Some(m) = config.max_grad_norm {
         if !(m.is_finite() && m > 0.0) {
             return Err(TasksError::FineTune(format!(
@@ -563,7 +577,7 @@ fn train(
     let mut opt = AdamW::new(config.adamw, &params)?;
     let (mut start, mut losses) = (0, Vec::new());
     if let Some(dir) = checkpoints {
-        if let Some((s, l)) = read_checkpoint(dir, config, examples, &mut trained, &mut opt)? {
+        if let Some((s, l)) = read_checkpoint(dir, config, examples, trained, &mut opt)? {
             (start, losses) = (s, l);
         }
     }
@@ -581,7 +595,7 @@ fn train(
         let (mut loss_sum, mut read) = (0.0, 0);
         for idx in &micro {
             let batch: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
-            let (loss, _, r) = batch_loss(model, &trained, &batch, pad_id)?;
+            let (loss, _, r) = batch_loss(model, trained, &batch, pad_id)?;
             let scaled = loss.f_div_scalar(total_tokens as f64)?;
             let g = Tensor::f_run_backward(&[&scaled], &params, false, false)?;
             loss_sum += loss.double_value(&[]);
@@ -636,7 +650,7 @@ fn train(
         let due = config.checkpoint_every > 0 && done % config.checkpoint_every == 0;
         if let Some(dir) = checkpoints {
             if due || done == config.steps {
-                write_checkpoint(dir, config, examples, &trained, &opt, done, &losses)?;
+                write_checkpoint(dir, config, examples, trained, &opt, done, &losses)?;
             }
         }
         if done == config.steps {
@@ -646,8 +660,7 @@ fn train(
             break;
         }
     }
-    Ok(FineTuned {
-        trained,
+    Ok(Run {
         losses,
         complete,
         resumed_from,
