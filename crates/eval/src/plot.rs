@@ -3,6 +3,9 @@
 //! or more overlaid value sets ([`histogram`]: KL values of mapped vs mean-ablated runs) and a grouped bar
 //! chart ([`bar_chart`]: categories × series, e.g. mapped vs native vs random).
 //!
+//! The legend is drawn in rows between the title and the plotting area, so it never hides data; bar-chart
+//! category names wrap at spaces to their slot's width, so long names do not run into each other.
+//!
 //! PNG text is rendered with DejaVu Sans, bundled in the crate (`assets/DejaVuSans.ttf`, Bitstream Vera
 //! licence in `assets/DejaVuSans-LICENSE.txt`) and registered with plotters' `ab_glyph` renderer, so plots
 //! look the same on every machine and need no system fonts or fontconfig. SVG text names `sans-serif`.
@@ -31,6 +34,7 @@ use std::sync::OnceLock;
 use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::atomic::{create_dir_all, write_atomic};
 use crate::error::{EvalError, Result};
@@ -433,7 +437,7 @@ fn title_font<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
 ) -> TextStyle<'static> {
-    let room = root.dim_in_pixel().0.saturating_sub(2 * 14);
+    let room = root.dim_in_pixel().0.saturating_sub(2 * MARGIN);
     let style = |size: u32| -> TextStyle<'static> { (FAMILY, size).into_font().into() };
     (12..=22)
         .rev()
@@ -452,6 +456,171 @@ fn axis_font() -> TextStyle<'static> {
     (FAMILY, 13).into_font().into()
 }
 
+/// Outer margin of every plot, in pixels.
+const MARGIN: u32 = 14;
+/// Width of the y label area (tick labels and the axis description).
+const Y_LABEL_AREA: u32 = 64;
+/// Height of one line of axis-font text (legend rows, wrapped category labels).
+const LINE_HEIGHT: u32 = 17;
+
+/// The width of `text` in the axis font, as the backend will draw it (a rough estimate if it cannot say).
+fn text_width<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, text: &str) -> u32 {
+    root.estimate_text_size(text, &axis_font())
+        .map_or(7 * text.chars().count() as u32, |(w, _)| w)
+}
+
+/// `text` broken at spaces into lines no wider than `room` (as `width` measures them), words in order;
+/// a word wider than `room` gets a line of its own.
+fn wrap_words(text: &str, room: u32, width: impl Fn(&str) -> u32) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if width(&format!("{line} {word}")) <= room => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    if lines.is_empty() {
+        lines.push(String::new());
+    }
+    lines
+}
+
+/// Items of the given widths laid out left to right in rows no wider than `room`, `gap` apart; each row
+/// holds at least one item.
+fn pack_rows(widths: &[u32], gap: u32, room: u32) -> Vec<Vec<usize>> {
+    let mut rows: Vec<Vec<usize>> = Vec::new();
+    let mut used = 0;
+    for (i, &w) in widths.iter().enumerate() {
+        match rows.last_mut() {
+            Some(row) if used + gap + w <= room => {
+                row.push(i);
+                used += gap + w;
+            }
+            _ => {
+                rows.push(vec![i]);
+                used = w;
+            }
+        }
+    }
+    rows
+}
+
+/// A tick label for an axis of whole numbers: "12" at whole values, nothing between them.
+fn whole_number_label(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{v:.0}")
+    } else {
+        String::new()
+    }
+}
+
+/// How a legend entry shows its series.
+#[derive(Clone, Copy)]
+enum Swatch {
+    /// A short line (line charts).
+    Line(ShapeStyle),
+    /// A filled square (bars, histogram sets).
+    Fill(ShapeStyle),
+}
+
+/// The legend, drawn in rows between the title and the plotting area, so that it never covers data.
+struct Legend {
+    entries: Vec<(String, Swatch)>,
+    /// Entry widths (swatch, gap, text).
+    widths: Vec<u32>,
+    rows: Vec<Vec<usize>>,
+}
+
+/// Swatch width plus the gap before its text.
+const SWATCH: u32 = 28;
+/// Space between two legend entries in a row.
+const ENTRY_GAP: u32 = 22;
+
+impl Legend {
+    /// Lays out `entries` to fit the plotting area's width on `root`.
+    fn new<DB: DrawingBackend>(
+        root: &DrawingArea<DB, Shift>,
+        entries: Vec<(String, Swatch)>,
+    ) -> Self {
+        let room = root
+            .dim_in_pixel()
+            .0
+            .saturating_sub(2 * MARGIN + Y_LABEL_AREA);
+        let widths: Vec<u32> = entries
+            .iter()
+            .map(|(name, _)| SWATCH + text_width(root, name))
+            .collect();
+        let rows = pack_rows(&widths, ENTRY_GAP, room);
+        Legend {
+            entries,
+            widths,
+            rows,
+        }
+    }
+
+    /// The height it takes above the plotting area.
+    fn height(&self) -> u32 {
+        if self.rows.is_empty() {
+            0
+        } else {
+            self.rows.len() as u32 * LINE_HEIGHT + 8
+        }
+    }
+
+    /// Draws it on `root` just above `plot`, the plotting area, each row centred over it.
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        plot: (Range<i32>, Range<i32>),
+    ) -> DrawResult {
+        let (xs, ys) = plot;
+        let text = axis_font().pos(Pos::new(HPos::Left, VPos::Center));
+        for (r, row) in self.rows.iter().enumerate() {
+            let total: u32 = row.iter().map(|&i| self.widths[i]).sum::<u32>()
+                + ENTRY_GAP * (row.len() as u32 - 1);
+            let mut x = (xs.start + xs.end) / 2 - total as i32 / 2;
+            let y =
+                ys.start - self.height() as i32 + (r as u32 * LINE_HEIGHT + LINE_HEIGHT / 2) as i32;
+            for &i in row {
+                let (name, swatch) = &self.entries[i];
+                match *swatch {
+                    Swatch::Line(style) => root
+                        .draw(&PathElement::new(vec![(x, y), (x + 22, y)], style))
+                        .map_err(err)?,
+                    Swatch::Fill(style) => root
+                        .draw(&Rectangle::new([(x + 4, y - 6), (x + 18, y + 6)], style))
+                        .map_err(err)?,
+                }
+                root.draw(&Text::new(
+                    name.clone(),
+                    (x + SWATCH as i32, y),
+                    text.clone(),
+                ))
+                .map_err(err)?;
+                x += (self.widths[i] + ENTRY_GAP) as i32;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The part of `root` a chart is built on: inside the outer margin, below the title (centred at the top)
+/// and below the legend's rows, which [`Legend::draw`] fills in just above the plotting area.
+fn chart_area<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    legend: &Legend,
+) -> std::result::Result<DrawingArea<DB, Shift>, String> {
+    let titled = root
+        .margin(MARGIN, MARGIN, MARGIN, MARGIN)
+        .titled(title, title_font(root, title))
+        .map_err(err)?;
+    Ok(titled.margin(legend.height(), 0, 0, 0))
+}
+
 impl Draw for LineChart {
     fn size(&self) -> PlotSize {
         self.size
@@ -468,32 +637,38 @@ impl Draw for LineChart {
                 padded(lo, hi, 0.05)
             }
         };
+        let legend = Legend::new(
+            root,
+            self.series
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name.clone(), Swatch::Line(color(i).stroke_width(2))))
+                .collect(),
+        );
         root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, title_font(root, &self.title))
-            .margin(14)
+        let area = chart_area(root, &self.title, &legend)?;
+        let mut chart = ChartBuilder::on(&area)
             .x_label_area_size(48)
-            .y_label_area_size(64)
+            .y_label_area_size(Y_LABEL_AREA)
             .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)
             .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc(&self.x_label)
+        // Whole-number x values (layers, counts) get whole-number ticks: "12", not "12.0".
+        let whole_x = all().all(|(x, _)| x.fract() == 0.0);
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(&self.x_label)
             .y_desc(&self.y_label)
             .axis_desc_style(label_font())
             .label_style(axis_font())
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()
-            .map_err(err)?;
+            .light_line_style(RGBColor(235, 235, 235));
+        if whole_x {
+            mesh.x_label_formatter(&whole_number_label);
+        }
+        mesh.draw().map_err(err)?;
         for (i, s) in self.series.iter().enumerate() {
             let c = color(i);
             chart
                 .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
-                .map_err(err)?
-                .label(&s.name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(2))
-                });
+                .map_err(err)?;
             chart
                 .draw_series(
                     s.points
@@ -502,14 +677,7 @@ impl Draw for LineChart {
                 )
                 .map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(axis_font())
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(err)?;
+        legend.draw(root, chart.plotting_area().get_pixel_range())?;
         root.present().map_err(err)
     }
 }
@@ -545,12 +713,20 @@ impl Draw for Histogram {
             .map_err(err)?;
         let top = counts.iter().flatten().copied().max().unwrap_or(0).max(1);
         let width = (hi - lo) / self.bins as f64;
+        let alpha = if self.sets.len() > 1 { 0.55 } else { 0.85 };
+        let legend = Legend::new(
+            root,
+            self.sets
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| (name.clone(), Swatch::Fill(color(i).mix(alpha).filled())))
+                .collect(),
+        );
         root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, title_font(root, &self.title))
-            .margin(14)
+        let area = chart_area(root, &self.title, &legend)?;
+        let mut chart = ChartBuilder::on(&area)
             .x_label_area_size(48)
-            .y_label_area_size(64)
+            .y_label_area_size(Y_LABEL_AREA)
             .build_cartesian_2d(lo..hi, 0.0..(top as f64 * 1.08))
             .map_err(err)?;
         chart
@@ -560,19 +736,12 @@ impl Draw for Histogram {
             .axis_desc_style(label_font())
             .label_style(axis_font())
             // Counts are integers: fractional ticks (small counts) stay unlabelled.
-            .y_label_formatter(&|v| {
-                if (v - v.round()).abs() < 1e-9 {
-                    format!("{v:.0}")
-                } else {
-                    String::new()
-                }
-            })
+            .y_label_formatter(&whole_number_label)
             .disable_x_mesh()
             .max_light_lines(0)
             .draw()
             .map_err(err)?;
-        let alpha = if self.sets.len() > 1 { 0.55 } else { 0.85 };
-        for (i, ((name, _), counts)) in self.sets.iter().zip(&counts).enumerate() {
+        for (i, counts) in counts.iter().enumerate() {
             let c = color(i);
             chart
                 .draw_series(
@@ -588,20 +757,9 @@ impl Draw for Histogram {
                             )
                         }),
                 )
-                .map_err(err)?
-                .label(name)
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.mix(alpha).filled())
-                });
+                .map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(axis_font())
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(err)?;
+        legend.draw(root, chart.plotting_area().get_pixel_range())?;
         root.present().map_err(err)
     }
 }
@@ -637,12 +795,32 @@ impl Draw for BarChart {
         let axis = CategoryAxis {
             names: self.categories.clone(),
         };
+        let legend = Legend::new(
+            root,
+            self.series
+                .iter()
+                .enumerate()
+                .map(|(j, (name, _))| (name.clone(), Swatch::Fill(color(j).filled())))
+                .collect(),
+        );
+        // Category names wrap at spaces to the width of their slot on the axis, so neighbours never
+        // overlap; the label area grows by a line for each line the longest name needs.
+        let plot_width = root
+            .dim_in_pixel()
+            .0
+            .saturating_sub(2 * MARGIN + Y_LABEL_AREA);
+        let slot = plot_width / self.categories.len().max(1) as u32;
+        let labels: Vec<Vec<String>> = self
+            .categories
+            .iter()
+            .map(|name| wrap_words(name, slot * 9 / 10, |t| text_width(root, t)))
+            .collect();
+        let lines = labels.iter().map(Vec::len).max().unwrap_or(1) as u32;
         root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, title_font(root, &self.title))
-            .margin(14)
-            .x_label_area_size(40)
-            .y_label_area_size(64)
+        let area = chart_area(root, &self.title, &legend)?;
+        let mut chart = ChartBuilder::on(&area)
+            .x_label_area_size(16 + lines * LINE_HEIGHT)
+            .y_label_area_size(Y_LABEL_AREA)
             .build_cartesian_2d(axis, y_lo..y_hi)
             .map_err(err)?;
         chart
@@ -651,33 +829,35 @@ impl Draw for BarChart {
             .axis_desc_style(label_font())
             .label_style(axis_font())
             .x_labels(self.categories.len())
+            // Ticks only: the names are drawn below, wrapped.
+            .x_label_formatter(&|_| String::new())
             .disable_x_mesh()
             .max_light_lines(0)
             .draw()
             .map_err(err)?;
+        let text = axis_font().pos(Pos::new(HPos::Center, VPos::Top));
+        for (i, lines) in labels.iter().enumerate() {
+            let (x, y) = chart.backend_coord(&(i as f64, y_lo));
+            for (l, line) in lines.iter().enumerate() {
+                let y = y + 8 + (l as u32 * LINE_HEIGHT) as i32;
+                root.draw(&Text::new(line.clone(), (x, y), text.clone()))
+                    .map_err(err)?;
+            }
+        }
         let k = self.series.len() as f64;
         let group = 0.8;
         let bar = group / k;
         let base = 0.0_f64.clamp(y_lo, y_hi);
-        for (j, (name, values)) in self.series.iter().enumerate() {
+        for (j, (_, values)) in self.series.iter().enumerate() {
             let c = color(j);
             chart
                 .draw_series(values.iter().enumerate().map(|(i, &v)| {
                     let x0 = i as f64 - group / 2.0 + j as f64 * bar;
                     Rectangle::new([(x0 + 0.01, base), (x0 + bar - 0.01, v)], c.filled())
                 }))
-                .map_err(err)?
-                .label(name)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
+                .map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(axis_font())
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(err)?;
+        legend.draw(root, chart.plotting_area().get_pixel_range())?;
         root.present().map_err(err)
     }
 }
@@ -802,4 +982,47 @@ pub fn bar_chart(stem: &Path, chart: &BarChart) -> Result<PlotFiles> {
     }
     chart.value_range()?;
     render(stem, chart)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Width of monospace text, 10 pixels a character.
+    fn mono(t: &str) -> u32 {
+        10 * t.chars().count() as u32
+    }
+
+    #[test]
+    fn words_wrap_to_the_room_in_order() {
+        let lines = wrap_words("ridge (generic text) / mapped contrast", 120, mono);
+        assert_eq!(
+            lines,
+            ["ridge", "(generic", "text) /", "mapped", "contrast"]
+        );
+        assert!(lines.iter().all(|l| mono(l) <= 120));
+        assert_eq!(lines.join(" "), "ridge (generic text) / mapped contrast");
+        // Room for everything: one line; a word wider than the room stands alone; empty text: one line.
+        assert_eq!(
+            wrap_words("native (target)", 500, mono),
+            ["native (target)"]
+        );
+        assert_eq!(
+            wrap_words("a incomprehensibly b", 60, mono),
+            ["a", "incomprehensibly", "b"]
+        );
+        assert_eq!(wrap_words("", 60, mono), [""]);
+    }
+
+    #[test]
+    fn legend_entries_pack_into_rows() {
+        assert_eq!(pack_rows(&[100, 100, 100], 20, 1000), vec![vec![0, 1, 2]]);
+        assert_eq!(
+            pack_rows(&[100, 100, 100], 20, 220),
+            vec![vec![0, 1], vec![2]]
+        );
+        // An entry wider than the room still gets a row.
+        assert_eq!(pack_rows(&[300, 50], 20, 200), vec![vec![0], vec![1]]);
+        assert!(pack_rows(&[], 20, 200).is_empty());
+    }
 }

@@ -269,23 +269,34 @@ impl std::fmt::Display for LoadReport {
     }
 }
 
+/// A fresh temporary path in `dir` for a file that will be renamed to `path`: named after the target, the
+/// process and a per-process counter, so concurrent writers (other processes, or threads of this one
+/// writing the same target) never share a temporary file.
+fn temp_path(dir: &Path, path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
 /// Write `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename, then a
-/// best-effort fsync of the directory. Readers see the old file or the new one, never a part. The
-/// file is made readable by all (`0644`). Every small file Rosetta writes (manifests, map sidecars,
-/// checkpoints' JSON) goes through here.
+/// best-effort fsync of the directory. Readers see the old file or the new one, never a part; concurrent
+/// writers of one target (processes or threads) each write their own temporary file and the last rename
+/// wins. The file is made readable by all (`0644`). Every file Rosetta writes in one piece (manifests,
+/// map sidecars, checkpoints' JSON, datasets, reports, plots) goes through here.
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("out"),
-        std::process::id()
-    ));
+    let tmp = temp_path(dir, path);
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         readable_by_all(&tmp)?;
@@ -312,11 +323,7 @@ pub fn write_safetensors_atomic(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| HookError::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("out"),
-        std::process::id()
-    ));
+    let tmp = temp_path(dir, path);
     let views: Vec<(String, TensorBytes)> = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), TensorBytes::new(t)?)))

@@ -98,9 +98,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 const MAGIC: [u8; 4] = *b"GGUF";
 const WRITE_VERSION: u32 = 3;
@@ -131,7 +129,7 @@ pub enum GgufError {
     Io {
         /// The file.
         what: String,
-        /// What was being done ("read", "create temporary file ...", ...).
+        /// What was being done ("read", "write (temporary file ..., then rename)", ...).
         action: String,
         /// The underlying error.
         #[source]
@@ -270,54 +268,19 @@ impl ControlVector {
     pub fn write(&self, path: &Path) -> Result<(), GgufError> {
         let what = path.display().to_string();
         let bytes = self.encode(&what)?;
-        let file_name = path.file_name().ok_or_else(|| GgufError::Export {
-            what: what.clone(),
-            reason: "the path has no file name".into(),
-        })?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}-{}",
-            file_name.to_string_lossy(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let io_err = |action: String| {
-            let what = what.clone();
-            move |source| GgufError::Io {
+        if path.file_name().is_none() {
+            return Err(GgufError::Export {
                 what,
-                action,
+                reason: "the path has no file name".into(),
+            });
+        }
+        rosetta_model_hooks::weights::write_file_atomic(path, &bytes).map_err(|source| {
+            GgufError::Io {
+                what,
+                action: "write (temporary file in the same directory, then rename)".into(),
                 source,
             }
-        };
-        let result = (|| {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(io_err(format!("create temporary file {}", tmp.display())))?;
-            f.write_all(&bytes)
-                .map_err(io_err(format!("write temporary file {}", tmp.display())))?;
-            f.sync_all()
-                .map_err(io_err(format!("fsync temporary file {}", tmp.display())))?;
-            drop(f);
-            fs::rename(&tmp, path).map_err(io_err(format!(
-                "rename temporary file {} into place",
-                tmp.display()
-            )))
-        })();
-        if result.is_err() {
-            // Best effort: the temporary file may not exist (creation failed) or may be gone.
-            let _ = fs::remove_file(&tmp);
-            return result;
-        }
-        // Persist the rename itself; some filesystems cannot fsync a directory, so best effort.
-        if let Ok(d) = fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
+        })?;
         Ok(())
     }
 
