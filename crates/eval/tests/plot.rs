@@ -1,6 +1,6 @@
 //! Plots: each kind writes a non-empty PNG of the requested size (read from the PNG header) with the
-//! chart actually drawn (series colours, dark text pixels), and an SVG with the title and legend; bad
-//! input is an error.
+//! chart actually drawn (series colours, dark text pixels), and an SVG with the title and legend; the
+//! legend sits between the title and the data, touching neither; bad input is an error.
 
 use std::path::{Path, PathBuf};
 
@@ -217,6 +217,98 @@ fn bar_chart_writes_png_and_svg() {
         .with_size(PlotSize::new(400, 300));
     let files = bar_chart(&dir.join("neg"), &chart).unwrap();
     assert_eq!(png_size(&files.png), (400, 300));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Rows of `width` pixels.
+fn pixel_rows(pixels: &[[u8; 3]], width: u32) -> Vec<&[[u8; 3]]> {
+    pixels.chunks_exact(width as usize).collect()
+}
+
+/// The title is the first band of rows with dark text; the legend's swatches (series colours) start
+/// below it and end, after a gap, before the plotted data in the same colours begins.
+fn assert_title_legend_data_apart(path: &Path, swatch: impl Fn(&[u8; 3]) -> bool) {
+    let (w, _) = png_size(path);
+    let px = png_pixels(path);
+    let rows = pixel_rows(&px, w);
+    let first_dark = rows.iter().position(|r| dark(r) > 0).unwrap();
+    let title_end = first_dark
+        + rows[first_dark..]
+            .iter()
+            .position(|r| dark(r) == 0)
+            .unwrap();
+    assert!(
+        rows[first_dark..title_end]
+            .iter()
+            .all(|r| !r.iter().any(&swatch)),
+        "{}: a legend swatch overlaps the title (rows {first_dark}..{title_end})",
+        path.display()
+    );
+    let legend_start = rows.iter().position(|r| r.iter().any(&swatch)).unwrap();
+    assert!(
+        legend_start > title_end,
+        "{}: legend above the title",
+        path.display()
+    );
+    let legend_end = legend_start
+        + rows[legend_start..]
+            .iter()
+            .position(|r| !r.iter().any(&swatch))
+            .unwrap();
+    let data_start = legend_end
+        + rows[legend_end..]
+            .iter()
+            .position(|r| r.iter().any(&swatch))
+            .expect("data drawn below the legend");
+    assert!(
+        data_start > legend_end + 4,
+        "{}: the legend touches the data (swatch rows end {legend_end}, data from {data_start})",
+        path.display()
+    );
+}
+
+#[test]
+fn legend_sits_between_title_and_data() {
+    let dir = temp_dir("legend");
+    // Bars reaching the top of the range, where an in-plot legend would cover them.
+    let bars = bar_chart(
+        &dir.join("bars"),
+        &BarChart::new(
+            "Refusal on held-out prompts",
+            "refusal rate",
+            [
+                "none",
+                "native",
+                "ridge (map data, mapped contrast)",
+                "ridge (generic text only, mapped contrast)",
+                "random (norm-matched)",
+            ],
+        )
+        .with_series("harmless, vector added", [1.0, 0.5, 0.9, 0.5, 1.0])
+        .with_series("harmful, direction ablated", [0.9, 0.0, 0.0, 0.0, 1.0])
+        .with_y_range(0.0, 1.0),
+    )
+    .unwrap();
+    assert_title_legend_data_apart(&bars.png, |p| *p == BLUE);
+    let lines = line_chart(
+        &dir.join("lines"),
+        &LineChart::new("Success by layer", "layer", "success")
+            .with_series("native", (0..10).map(|i| (i as f64, 1.0)))
+            .with_series("mapped", (0..10).map(|i| (i as f64, 0.9))),
+    )
+    .unwrap();
+    assert_title_legend_data_apart(&lines.png, |p| *p == BLUE);
+    let hist = histogram(
+        &dir.join("hist"),
+        &Histogram::new("KL", "nats")
+            .with_values("mapped", [0.1, 0.2, 0.2, 0.3])
+            .with_values("mean-ablated", [5.0, 6.0]),
+    )
+    .unwrap();
+    // Histogram sets are drawn translucent: orange over white.
+    assert_title_legend_data_apart(&hist.png, |p| {
+        p[0] > 240 && (150..220).contains(&p[1]) && (90..160).contains(&p[2])
+    });
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
