@@ -469,6 +469,13 @@ fn text_width<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, text: &str) -> 
         .map_or(7 * text.chars().count() as u32, |(w, _)| w)
 }
 
+/// The plotting area's width on `root`: the image less the outer margins and the y label area.
+fn plot_width<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>) -> u32 {
+    root.dim_in_pixel()
+        .0
+        .saturating_sub(2 * MARGIN + Y_LABEL_AREA)
+}
+
 /// `text` broken at spaces into lines no wider than `room` (as `width` measures them), words in order;
 /// a word wider than `room` gets a line of its own.
 fn wrap_words(text: &str, room: u32, width: impl Fn(&str) -> u32) -> Vec<String> {
@@ -545,10 +552,7 @@ impl Legend {
         root: &DrawingArea<DB, Shift>,
         entries: Vec<(String, Swatch)>,
     ) -> Self {
-        let room = root
-            .dim_in_pixel()
-            .0
-            .saturating_sub(2 * MARGIN + Y_LABEL_AREA);
+        let room = plot_width(root);
         let widths: Vec<u32> = entries
             .iter()
             .map(|(name, _)| SWATCH + text_width(root, name))
@@ -805,11 +809,7 @@ impl Draw for BarChart {
         );
         // Category names wrap at spaces to the width of their slot on the axis, so neighbours never
         // overlap; the label area grows by a line for each line the longest name needs.
-        let plot_width = root
-            .dim_in_pixel()
-            .0
-            .saturating_sub(2 * MARGIN + Y_LABEL_AREA);
-        let slot = plot_width / self.categories.len().max(1) as u32;
+        let slot = plot_width(root) / self.categories.len().max(1) as u32;
         let labels: Vec<Vec<String>> = self
             .categories
             .iter()
