@@ -530,6 +530,7 @@ pub fn run(
     let native_entry = v_native.single()?;
     let mut candidates: Vec<(String, SteeringVector)> = Vec::new();
     let mut random = None;
+    let mut map_fvu: Vec<(String, Option<f64>)> = Vec::new();
     for (name, kind) in parse_map_kinds(&args.maps)? {
         if kind == MapKind::Autoencoder {
             bail!(
@@ -543,6 +544,7 @@ pub fn run(
             &train_config,
             device,
         )?;
+        map_fvu.push((name.clone(), saved.info.metrics.as_ref().map(|m| m.fvu)));
         let transfer = Transfer::from_saved(&saved, tgt.identity.clone())?;
         let carried = transfer.linear(&v_src_t)?;
         if random.is_none() {
@@ -778,6 +780,10 @@ pub fn run(
         "source_native": source_native,
         "source_none": source_none,
         "dev_recall": recall,
+        "maps": map_fvu
+            .iter()
+            .map(|(name, fvu)| serde_json::json!({"map": name, "validation_fvu": fvu}))
+            .collect::<Vec<_>>(),
         "sweeps": [&ss, &st],
     }))
     .with_section(Section::new("Check (the end-to-end issue's bar)").with_text(check.clone()))
@@ -806,6 +812,18 @@ pub fn run(
          the model's best, unless given.",
         train.len(),
         args.alpha
+    ))
+    .with_note(format!(
+        "Maps ({sp} -> {tp}, fitted on paired activations of the map documents, validation split by \
+         document): {}. A low FVU does not show that a map carries the direction; the cosine to native does.",
+        map_fvu
+            .iter()
+            .map(|(name, fvu)| match fvu {
+                Some(f) => format!("{name} validation FVU {f:.3}"),
+                None => format!("{name} (no validation split)"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     let report = warnings.iter().fold(report, |r, w| r.with_note(w.clone()));
     let (json, md) = report.write(out)?;
